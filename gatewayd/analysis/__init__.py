@@ -1,0 +1,1 @@
+"""Analysis: the facts/verdict contract, the rule-based classifier and the pipeline that runs them."""
