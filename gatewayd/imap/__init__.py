@@ -1,0 +1,1 @@
+"""IMAP proxy: pure framing, the per-connection session, the listeners, and the INBOX watcher."""
