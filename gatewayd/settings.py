@@ -67,6 +67,9 @@ class UpstreamSMTP(Section):
         8, ge=1, le=256, description="Upstream connections kept open and used in parallel for delivery."
     )
     helo_name: str = Field("", description="Name sent in EHLO upstream; empty = this host's FQDN.")
+    auth_host: str = Field("", description="Server that checks submission logins (AUTH); empty = host.")
+    auth_port: int = Field(0, ge=0, le=65535, description="Port for AUTH checks (often 587); 0 = port.")
+    auth_tls: Literal["", "none", "starttls", "tls"] = Field("", description="TLS for AUTH checks; empty = tls.")
 
 
 class SMTPSection(Section):

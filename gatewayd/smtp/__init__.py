@@ -1,0 +1,1 @@
+"""The SMTP path: listeners, intake (analysis + spool), upstream delivery and bounces."""
