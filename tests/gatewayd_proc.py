@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from conftest import free_port
 
 
 def _toml(value: Any) -> str:
@@ -112,19 +112,19 @@ class Gatewayd:
             return resp.read().decode()
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample, 0.0 if absent."""
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        """The sum of the samples of ``name`` whose labels include ``labels`` (0.0 if none)."""
+        total = 0.0
         for line in self.metrics().splitlines():
-            if line.startswith("#"):
+            if line.startswith("#") or not line.startswith(name):
                 continue
             key, _, value = line.rpartition(" ")
-            if key == want or (not labels and key == name):
-                return float(value)
-            if labels and key.startswith(name + "{"):
-                got = dict(part.split("=", 1) for part in key[len(name) + 1:-1].split(","))
-                if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
-                    return float(value)
-        return 0.0
+            metric, _, rest = key.partition("{")
+            if metric != name:
+                continue
+            got = dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if "=" in part)
+            if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
+                total += float(value)
+        return total
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([sys.executable, "-m", "gatewayd", *args, "-c", str(self.config)],
