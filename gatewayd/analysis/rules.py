@@ -1,0 +1,498 @@
+"""The rule-based classifier: weighted header and content heuristics for spam, phishing, category and
+priority, plus a lead-sentence summary and action items. It is the fallback every model-backed classifier
+stands on.
+
+Each rule is a row ``(tag, weight, predicate)`` over a ``MessageView`` (per-message values computed once);
+a score is the logistic of the weights that fired minus a bias. Inputs are bounded (``MAX_TEXT`` characters
+of text, ``MAX_HTML`` of HTML) and all patterns are precompiled and linear, so a message costs microseconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import time
+from collections.abc import Callable
+from functools import cached_property
+from urllib.parse import urlsplit
+
+from gatewayd.analysis.actions import find_actions
+from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
+from gatewayd.analysis.text import summarize_lead
+
+MAX_TEXT = 20_000
+MAX_HTML = 50_000
+MAX_LINKS = 100
+SPAM_BIAS = 3.0
+PHISHING_BIAS = 3.0
+PRIORITY_BIAS = 2.0
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+_SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu", "ne", "or", "go"})
+
+
+def registrable(host: str) -> str:
+    """An approximation of the registrable domain ("mail.example.co.uk" -> "example.co.uk") without a
+    public-suffix list: two labels, three when the second-level label is a common ccTLD second level."""
+    host = host.strip().strip(".").lower()
+    labels = host.split(".")
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def domain_of(addr: str) -> str:
+    return addr.rpartition("@")[2].strip().strip(">").lower() if "@" in addr else ""
+
+
+def _host(url: str) -> str:
+    try:
+        parts = urlsplit(url.strip())
+        return (parts.hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.replace(".", "").isdigit() and host.count(".") == 3  # 0-padded or odd dotted quads
+    return True
+
+
+# --- lexicons ---------------------------------------------------------------------------------------
+_SPAM_LEXICON = re.compile(
+    r"\b(?:viagra|cialis|lottery|lotto|jackpot|you(?:'ve| have)? won|winner|million dollars|million usd|"
+    r"inheritance|beneficiary|casino|bitcoin|crypto ?currency|investment opportunity|guaranteed|risk[- ]free|"
+    r"100% free|free money|free gift|cash bonus|earn \$|make money|work from home|act now|limited time|"
+    r"click here|buy now|order now|cheap|lowest price|weight loss|no credit check|miracle|nigerian?|"
+    r"wire transfer|western union|dear friend|congratulations|meet singles|hot singles|unsubscribe)\b",
+    re.IGNORECASE)
+_MONEY = re.compile(r"[$€£]\s?\d{1,3}(?:[,.]\d{3}){2,}|\b\d+(?:\.\d+)?\s?(?:million|billion)\b",
+                    re.IGNORECASE)
+_CREDENTIAL = re.compile(
+    r"\b(?:verify your (?:account|identity|email|information)|"
+    r"confirm your (?:account|identity|password|details)|"
+    r"password|suspended|suspension|locked|unusual (?:activity|sign[- ]in)|log ?in|sign ?in|"
+    r"update your (?:payment|billing|account)|"
+    r"account (?:will be|has been) (?:closed|disabled|limited|restricted)|"
+    r"security alert|validate your)\b", re.IGNORECASE)
+_BULK_MAILERS = re.compile(
+    r"phpmailer|atomic mail|sendblaster|mass ?mail|groupmail|bulk ?mail|maxbulk|turbo[- ]?mailer|"
+    r"super ?mailer|easy ?mail ?pro|gammadyne|mailking|advanced mass sender|the bat! ?v?1\.", re.IGNORECASE)
+_HIDDEN = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:px|pt)?\s*[;\"']|"
+    r"color\s*:\s*#?(?:fff(?:fff)?|white)\b[^>]{0,80}background(?:-color)?\s*:\s*#?(?:fff(?:fff)?|white)\b|"
+    r"opacity\s*:\s*0?\.?0\s*[;\"']", re.IGNORECASE)
+_IMG = re.compile(r"<img\b", re.IGNORECASE)
+_ANCHOR = re.compile(r"<a\b[^>]{0,500}?\bhref\s*=\s*[\"']?([^\"'\s>]{1,2000})[^>]{0,500}>(.{0,300}?)</a\s*>",
+                     re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]{0,500}>")
+_DOMAIN_IN_TEXT = re.compile(r"(?:https?://)?((?:[a-z0-9-]{1,63}\.)+[a-z]{2,24})\b", re.IGNORECASE)
+_EMAIL_IN_TEXT = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
+_SHORTENERS = frozenset({"bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly", "rebrand.ly",
+                         "cutt.ly", "shorturl.at", "tiny.cc", "rb.gy", "t.ly", "s.id", "bl.ink", "lnkd.in",
+                         "v.gd", "shorte.st", "adf.ly", "tr.im", "qrco.de"})
+_BRANDS: dict[str, tuple[str, ...]] = {
+    "paypal": ("paypal.com", "paypal.me"),
+    "ebay": ("ebay.com", "ebay.co.uk", "ebay.de"),
+    "apple": ("apple.com", "icloud.com"),
+    "icloud": ("apple.com", "icloud.com"),
+    "microsoft": ("microsoft.com", "outlook.com", "live.com", "office.com", "office365.com"),
+    "office 365": ("microsoft.com", "office.com", "office365.com"),
+    "outlook": ("microsoft.com", "outlook.com", "live.com"),
+    "amazon": ("amazon.com", "amazon.co.uk", "amazon.de", "amazonses.com"),
+    "netflix": ("netflix.com",),
+    "google": ("google.com", "gmail.com"),
+    "docusign": ("docusign.com", "docusign.net"),
+    "dhl": ("dhl.com", "dhl.de"),
+    "fedex": ("fedex.com",),
+}
+_BRAND_RE = re.compile(r"\b(" + "|".join(re.escape(b) for b in _BRANDS) + r"|bank)\b", re.IGNORECASE)
+_DANGEROUS_EXT = frozenset({"exe", "scr", "js", "jse", "vbs", "vbe", "bat", "cmd", "com", "pif", "jar", "iso",
+                            "img", "hta", "wsf", "lnk", "ps1", "msi", "cpl", "reg", "vhd", "one"})
+_ARCHIVE_EXT = frozenset({"zip", "rar", "7z", "gz", "tgz", "ace", "arj", "cab"})
+
+# --- categories ---------------------------------------------------------------------------------------
+_NOREPLY = re.compile(r"^(?:no-?reply|do-?not-?reply|donotreply|notifications?|alerts?|notify|mailer-daemon|"
+                      r"postmaster|system|automated|bounces?)\b", re.IGNORECASE)
+_ALERT_WORDS = re.compile(r"\b(?:alert|notification|reminder|security|sign-?in|status|failed|succeeded|"
+                          r"has been|new login|warning|digest|report for)\b", re.IGNORECASE)
+_TRANSACTION_WORDS = re.compile(r"\b(?:receipt|order|invoice|shipping|shipped|shipment|delivery|delivered|"
+                                r"payment|paid|confirm(?:ed|ation)?|booking|reservation|tracking|refund|"
+                                r"purchase|subscription renewal|statement)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"#?\d{3,}|[$€£]\s?\d")
+_SOCIAL_DOMAINS = frozenset({"facebook.com", "facebookmail.com", "linkedin.com", "twitter.com", "x.com",
+                             "instagram.com", "mastodon.social", "threads.net", "tiktok.com", "reddit.com",
+                             "redditmail.com", "pinterest.com", "bsky.app", "discord.com", "youtube.com"})
+_SOCIAL_PHRASES = re.compile(r"\b(?:mentioned you|friend request|tagged you|commented on|new follower|"
+                             r"followed you|follows you|liked your|reacted to|connection request|"
+                             r"invitation to connect|wants to connect|replied to your (?:post|comment|tweet)|"
+                             r"shared a post|endorsed you|viewed your profile)\b", re.IGNORECASE)
+_NEWSLETTER_WORDS = re.compile(r"\b(?:unsubscribe|newsletter|view (?:it )?in (?:your )?browser|"
+                               r"manage (?:your )?(?:preferences|subscription)|weekly|monthly digest)\b",
+                               re.IGNORECASE)
+_URGENT = re.compile(r"\b(?:urgent|urgently|asap|as soon as possible|deadline|today|immediately|"
+                     r"time[- ]sensitive|action required|eod|end of day|critical|right away)\b",
+                     re.IGNORECASE)
+
+
+class MessageView:
+    """Values several rules need, computed once per message (lazily)."""
+
+    def __init__(self, facts: MessageFacts) -> None:
+        self.facts = facts
+        self.subject = facts.subject[:1000]
+        self.text = facts.text[:MAX_TEXT]
+        self.html = facts.html[:MAX_HTML]
+        self.links = facts.links[:MAX_LINKS]
+        self.from_domain = domain_of(facts.from_addr)
+
+    @cached_property
+    def link_hosts(self) -> tuple[str, ...]:
+        return tuple(h for h in (_host(u) for u in self.links) if h)
+
+    @cached_property
+    def anchors(self) -> tuple[tuple[str, str], ...]:
+        """(href, visible text) of the HTML anchors."""
+        if "<a" not in self.html and "<A" not in self.html:
+            return ()
+        found = _ANCHOR.findall(self.html)[:MAX_LINKS]
+        return tuple((href, _TAG.sub("", inner).strip()) for href, inner in found)
+
+    @cached_property
+    def spam_words(self) -> frozenset[str]:
+        return frozenset(m.lower() for m in _SPAM_LEXICON.findall(self.subject + "\n" + self.text))
+
+    @cached_property
+    def credential_words(self) -> int:
+        return len({m.lower() for m in _CREDENTIAL.findall(self.subject + "\n" + self.text)})
+
+    @cached_property
+    def local_part(self) -> str:
+        return self.facts.from_addr.partition("@")[0]
+
+
+Predicate = Callable[[MessageView], float]
+Rule = tuple[str, float, Predicate]
+
+
+# --- spam predicates (return a strength in [0, 1]; most are 0/1) -------------------------------------
+def subj_all_caps(v: MessageView) -> float:
+    letters = [c for c in v.subject if c.isalpha()]
+    return float(len(letters) >= 8 and sum(c.isupper() for c in letters) >= 0.8 * len(letters))
+
+
+def subj_exclaim(v: MessageView) -> float:
+    return float(v.subject.count("!") >= 2 or "!!" in v.subject)
+
+
+def body_exclaim(v: MessageView) -> float:
+    return float(v.text.count("!!") >= 2 or v.text.count("!") >= 10)
+
+
+def spam_lexicon(v: MessageView) -> float:
+    # "unsubscribe" alone is a newsletter trait, not spam; it only adds to other spam words.
+    n = len(v.spam_words - {"unsubscribe"}) + 0.3 * ("unsubscribe" in v.spam_words)
+    return min(n / 3.0, 1.0)
+
+
+def money_amounts(v: MessageView) -> float:
+    return float(_MONEY.search(v.subject + "\n" + v.text) is not None)
+
+
+def html_image_only(v: MessageView) -> float:
+    return float(bool(v.html) and _IMG.search(v.html) is not None and len(v.text.strip()) < 100)
+
+
+def html_hidden_text(v: MessageView) -> float:
+    return float(bool(v.html) and _HIDDEN.search(v.html) is not None)
+
+
+def many_links_little_text(v: MessageView) -> float:
+    n = len(v.links)
+    return float(n >= 5 and len(v.text) / n < 80)
+
+
+def from_name_has_other_addr(v: MessageView) -> float:
+    m = _EMAIL_IN_TEXT.search(v.facts.from_name)
+    return float(m is not None and m.group(0).lower() != v.facts.from_addr)
+
+
+def missing_date(v: MessageView) -> float:
+    return float(not v.facts.has_header("Date"))
+
+
+def missing_message_id(v: MessageView) -> float:
+    return float(not v.facts.message_id)
+
+
+def msgid_domain_mismatch(v: MessageView) -> float:
+    mid_domain = domain_of(v.facts.message_id)
+    return float(bool(mid_domain and v.from_domain) and registrable(mid_domain) != registrable(v.from_domain))
+
+
+def reply_to_other_domain(v: MessageView) -> float:
+    rt = domain_of(v.facts.reply_to)
+    return float(bool(rt and v.from_domain) and registrable(rt) != registrable(v.from_domain))
+
+
+def bulk_mailer(v: MessageView) -> float:
+    mailer = v.facts.header("X-Mailer")
+    return float(bool(mailer) and _BULK_MAILERS.search(mailer[:200]) is not None)
+
+
+def suspicious_attachment(v: MessageView) -> float:
+    for name in v.facts.attachments[:50]:
+        parts = name.lower().strip().rsplit(".", 2)
+        ext = parts[-1] if len(parts) > 1 else ""
+        if ext in _DANGEROUS_EXT:
+            return 1.0
+        inner = parts[-2] if len(parts) > 2 else ""
+        if ext in _ARCHIVE_EXT and (inner in _DANGEROUS_EXT or "exe" in name.lower()):
+            return 1.0
+    return 0.0
+
+
+def subj_non_ascii(v: MessageView) -> float:
+    s = v.subject
+    return float(len(s) >= 10 and sum(ord(c) > 127 for c in s) > 0.6 * len(s))
+
+
+def no_recipients(v: MessageView) -> float:
+    return float(not v.facts.to and not v.facts.cc)
+
+
+def is_reply(v: MessageView) -> float:
+    return float(v.facts.has_header("In-Reply-To"))
+
+
+SPAM_RULES: tuple[Rule, ...] = (
+    ("SUBJ_ALL_CAPS", 1.2, subj_all_caps),
+    ("SUBJ_EXCLAIM", 0.8, subj_exclaim),
+    ("BODY_EXCLAIM", 0.6, body_exclaim),
+    ("SPAM_WORDS", 2.4, spam_lexicon),
+    ("MONEY_AMOUNT", 0.8, money_amounts),
+    ("HTML_IMAGE_ONLY", 1.5, html_image_only),
+    ("HTML_HIDDEN_TEXT", 1.0, html_hidden_text),
+    ("MANY_LINKS_LITTLE_TEXT", 0.8, many_links_little_text),
+    ("FROM_NAME_OTHER_ADDR", 1.5, from_name_has_other_addr),
+    ("MISSING_DATE", 0.8, missing_date),
+    ("MISSING_MID", 0.8, missing_message_id),
+    ("MID_DOMAIN_MISMATCH", 0.3, msgid_domain_mismatch),
+    ("REPLYTO_OTHER_DOMAIN", 0.6, reply_to_other_domain),
+    ("BULK_MAILER", 1.0, bulk_mailer),
+    ("SUSPICIOUS_ATTACHMENT", 2.5, suspicious_attachment),
+    ("SUBJ_NON_ASCII", 0.5, subj_non_ascii),
+    ("NO_RECIPIENTS", 0.5, no_recipients),
+    ("IS_REPLY", -1.0, is_reply),
+)
+
+
+# --- phishing predicates --------------------------------------------------------------------------
+def link_text_mismatch(v: MessageView) -> float:
+    for href, shown in v.anchors:
+        m = _DOMAIN_IN_TEXT.search(shown)
+        if m is None or "@" in shown:
+            continue
+        target = _host(href)
+        if target and registrable(m.group(1)) != registrable(target):
+            return 1.0
+    return 0.0
+
+
+def ip_url(v: MessageView) -> float:
+    return float(any(_is_ip(h) for h in v.link_hosts))
+
+
+def shortener_url(v: MessageView) -> float:
+    return float(any(h in _SHORTENERS or h.removeprefix("www.") in _SHORTENERS for h in v.link_hosts))
+
+
+def credential_lure(v: MessageView) -> float:
+    if not v.links:
+        return 0.0
+    return min(v.credential_words / 2.0, 1.0)
+
+
+def brand_impersonation(v: MessageView) -> float:
+    for m in _BRAND_RE.finditer(v.facts.from_name[:200] + "\n" + v.subject):
+        brand = m.group(1).lower()
+        if brand == "bank":
+            if "bank" not in v.from_domain:
+                return 1.0
+            continue
+        if registrable(v.from_domain) not in _BRANDS[brand] and brand not in v.from_domain:
+            return 1.0
+    return 0.0
+
+
+def punycode(v: MessageView) -> float:
+    return float("xn--" in v.from_domain or any("xn--" in h for h in v.link_hosts))
+
+
+def at_in_url(v: MessageView) -> float:
+    for url in v.links:
+        try:
+            if urlsplit(url.strip()).username is not None:
+                return 1.0
+        except ValueError:
+            continue
+    return 0.0
+
+
+PHISHING_RULES: tuple[Rule, ...] = (
+    ("PHISH_LINK_TEXT_MISMATCH", 3.0, link_text_mismatch),
+    ("PHISH_IP_URL", 2.0, ip_url),
+    ("PHISH_SHORTENER", 1.0, shortener_url),
+    ("PHISH_CREDENTIAL_LURE", 2.0, credential_lure),
+    ("PHISH_BRAND_IMPERSONATION", 2.0, brand_impersonation),
+    ("PHISH_PUNYCODE", 1.5, punycode),
+    ("PHISH_AT_IN_URL", 2.0, at_in_url),
+    ("FROM_NAME_OTHER_ADDR", 1.0, from_name_has_other_addr),
+    ("REPLYTO_OTHER_DOMAIN", 0.5, reply_to_other_domain),
+)
+
+
+# --- category predicates ----------------------------------------------------------------------------
+def _header_is(v: MessageView, name: str, *values: str) -> float:
+    return float(v.facts.header(name).strip().lower() in values)
+
+
+CATEGORY_RULES: dict[str, tuple[Rule, ...]] = {
+    "newsletter": (
+        ("CAT_LIST_UNSUBSCRIBE", 2.5, lambda v: float(v.facts.has_header("List-Unsubscribe"))),
+        ("CAT_LIST_ID", 1.5, lambda v: float(v.facts.has_header("List-Id"))),
+        ("CAT_PRECEDENCE_BULK", 1.5, lambda v: _header_is(v, "Precedence", "bulk", "list")),
+        ("CAT_MANY_LINKS", 1.0, lambda v: float(len(v.links) >= 10)),
+        ("CAT_NEWSLETTER_WORDS", 1.0, lambda v: float(_NEWSLETTER_WORDS.search(v.text) is not None)),
+    ),
+    "notification": (
+        ("CAT_AUTO_SUBMITTED", 2.5,
+         lambda v: float(v.facts.has_header("Auto-Submitted")
+                         and not _header_is(v, "Auto-Submitted", "no"))),
+        ("CAT_NOREPLY_SENDER", 2.0, lambda v: float(_NOREPLY.match(v.local_part) is not None)),
+        ("CAT_ALERT_WORDS", 1.0, lambda v: float(_ALERT_WORDS.search(v.subject) is not None)),
+    ),
+    "transactional": (
+        ("CAT_TRANSACTION_SUBJECT", 3.0,
+         lambda v: float(_TRANSACTION_WORDS.search(v.subject) is not None
+                         and _NUMBER.search(v.subject + " " + v.text[:2000]) is not None)),
+        ("CAT_TRANSACTION_TEXT", 1.0, lambda v: float(_TRANSACTION_WORDS.search(v.text[:3000]) is not None)),
+    ),
+    "social": (
+        ("CAT_SOCIAL_SENDER", 3.0,
+         lambda v: float(registrable(v.from_domain) in _SOCIAL_DOMAINS
+                         or v.from_domain.startswith("mastodon."))),
+        ("CAT_SOCIAL_PHRASE", 2.0,
+         lambda v: float(_SOCIAL_PHRASES.search(v.subject + "\n" + v.text[:3000]) is not None)),
+    ),
+    "personal": (
+        ("CAT_BASE", 1.0, lambda v: 1.0),
+        ("CAT_IN_REPLY_TO", 1.5, lambda v: float(v.facts.has_header("In-Reply-To"))),
+        ("CAT_DIRECT", 0.5, lambda v: float(0 < len(v.facts.to) <= 3)),
+        ("CAT_NOT_AUTOMATED", -1.0,
+         lambda v: float(_NOREPLY.match(v.local_part) is not None or v.facts.has_header("List-Id"))),
+    ),
+}
+
+
+# --- priority predicates ----------------------------------------------------------------------------
+def high_priority_header(v: MessageView) -> float:
+    importance = v.facts.header("Importance").strip().lower()
+    priority = v.facts.header("Priority").strip().lower()
+    x_priority = v.facts.header("X-Priority").strip()[:1]
+    return float(importance == "high" or priority == "urgent" or x_priority in {"1", "2"})
+
+
+PRIORITY_RULES: tuple[Rule, ...] = (
+    ("PRIO_URGENT_SUBJECT", 1.5, lambda v: float(_URGENT.search(v.subject) is not None)),
+    ("PRIO_URGENT_TEXT", 0.8, lambda v: float(_URGENT.search(v.text[:3000]) is not None)),
+    ("PRIO_REPLY", 1.0, is_reply),
+    ("PRIO_HEADER_HIGH", 1.5, high_priority_header),
+)
+
+
+def score_rules(rules: tuple[Rule, ...], view: MessageView, reasons: list[str] | None = None) -> float:
+    """The summed weights of ``rules`` that fire on ``view``; their tags are appended to ``reasons``."""
+    total = 0.0
+    for tag, weight, predicate in rules:
+        strength = predicate(view)
+        if strength:
+            total += weight * strength
+            if reasons is not None:
+                reasons.append(tag)
+    return total
+
+
+def softmax(scores: dict[str, float]) -> dict[str, float]:
+    top = max(scores.values())
+    exps = {k: math.exp(s - top) for k, s in scores.items()}
+    total = sum(exps.values())
+    return {k: e / total for k, e in exps.items()}
+
+
+class RulesClassifier:
+    """Header and content heuristics; pure, synchronous inside, safe to share between tasks."""
+
+    name = "rules"
+
+    def __init__(self, *, summary_limit: int = 300) -> None:
+        self.summary_limit = summary_limit
+
+    def classify(self, facts: MessageFacts) -> Verdict:
+        """The verdict for one message (microseconds; called inline by ``classify_many``)."""
+        started = time.perf_counter()
+        view = MessageView(facts)
+        reasons: list[str] = []
+        phishing_score = sigmoid(score_rules(PHISHING_RULES, view, reasons) - PHISHING_BIAS)
+        spam_total = score_rules(SPAM_RULES, view, reasons)
+        if phishing_score >= 0.5:
+            spam_total += 1.5
+            reasons.append("PHISHING")
+        spam_score = sigmoid(spam_total - SPAM_BIAS)
+
+        fired: dict[str, list[str]] = {cat: [] for cat in CATEGORIES}
+        raw_categories = {cat: score_rules(CATEGORY_RULES[cat], view, fired[cat]) for cat in CATEGORIES}
+        category_scores = softmax(raw_categories)
+        category = max(CATEGORIES, key=lambda c: category_scores[c])
+        reasons.extend(tag for tag in fired[category] if tag != "CAT_BASE")
+
+        actions = find_actions(facts.text[:MAX_TEXT], facts.date)
+        prio_total = score_rules(PRIORITY_RULES, view, reasons)
+        if category == "personal" and 0 < len(facts.to) <= 2:
+            prio_total += 1.0
+            reasons.append("PRIO_PERSONAL_DIRECT")
+        if actions:
+            prio_total += 0.5
+            reasons.append("PRIO_ACTIONS")
+        priority_score = sigmoid(prio_total - PRIORITY_BIAS)
+        if spam_score >= 0.5 or phishing_score >= 0.5 or category == "newsletter":
+            priority_score *= 0.2  # never important: bulk and hostile mail do not get to shout
+        summary = summarize_lead(facts.text[:MAX_TEXT], self.summary_limit)
+        summary = summary or facts.subject[: self.summary_limit]
+        return Verdict(
+            spam_score=spam_score,
+            phishing_score=phishing_score,
+            category=category,
+            category_scores=category_scores,
+            important=priority_score >= 0.5,
+            priority_score=priority_score,
+            summary=summary,
+            actions=actions,
+            stage="rules",
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            reasons=tuple(dict.fromkeys(reasons)),
+        )
+
+    async def classify_many(self, facts: list[MessageFacts]) -> list[Verdict]:
+        return [self.classify(f) for f in facts]
+
+    async def close(self) -> None:
+        return None
