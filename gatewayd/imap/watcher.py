@@ -1,0 +1,353 @@
+"""Watch a user's INBOX upstream and write gatewayd's verdicts back as IMAP keywords.
+
+One watcher per account, over its own aioimaplib connection: SELECT INBOX, then IDLE (or NOOP polling
+when the server has no IDLE). Each new UID is fetched with ``BODY.PEEK[]`` (``\\Seen`` untouched); the
+verdict the SMTP path recorded is reused when the message carries ``X-Gatewayd-Id`` or a known
+Message-ID, else the message is analysed. Keywords go back with ``UID STORE +FLAGS.SILENT`` only when
+PERMANENTFLAGS contains ``\\*``. A user who sets ``$NotJunk`` (or clears ``$Junk``) is recorded as
+feedback. The password lives in this object's memory for as long as a session of the user is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import aioimaplib
+
+from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
+from gatewayd.ids import new_id
+from gatewayd.imap import metrics
+from gatewayd.imap.upstream import client_ssl_context
+from gatewayd.mime import extract_facts
+from gatewayd.settings import IMAPSection, PolicySection
+from gatewayd.store.records import MailboxEntry, MessageRecord
+
+log = logging.getLogger("gatewayd.imap.watcher")
+
+MAILBOX = "INBOX"
+IDLE_RENEW = 300.0  # re-issue IDLE this often (servers drop IDLE after ~30 min)
+POLL_INTERVAL = 30.0  # NOOP polling when the server has no IDLE
+FIRST_SCAN = 200  # on first sight of a mailbox, analyse at most this many of its newest messages
+RETRY_MAX = 60.0
+JUNK, NOT_JUNK, PHISHING, IMPORTANT = "$Junk", "$NotJunk", "$Phishing", "$Important"
+#: Documented keywords for categories (no registered ones exist): ``$gw_newsletter`` etc.
+CATEGORY_KEYWORDS = {c: f"$gw_{c}" for c in CATEGORIES if c != "personal"}
+_UID_RE = re.compile(rb"UID (\d+)")
+_FLAGS_RE = re.compile(rb"FLAGS \(([^)]*)\)")
+
+
+class AnalysisPipeline(Protocol):
+    async def analyse(self, facts: MessageFacts) -> Verdict: ...
+
+
+def keywords_for(record: MessageRecord) -> list[str]:
+    """The IMAP keywords that express a recorded verdict."""
+    out = []
+    if record.is_spam:
+        out.append(JUNK)
+    if record.is_phishing:
+        out.append(PHISHING)
+    if record.important:
+        out.append(IMPORTANT)
+    if record.category in CATEGORY_KEYWORDS:
+        out.append(CATEGORY_KEYWORDS[record.category])
+    return out
+
+
+def record_from(verdict: Verdict, facts: MessageFacts, account: str, policy: PolicySection) -> MessageRecord:
+    return MessageRecord(
+        id=new_id(), message_id=facts.message_id, accounts=[account], from_addr=facts.from_addr,
+        to_addrs=list(facts.to), subject=facts.subject, date=facts.date, size=facts.size,
+        spam_score=verdict.spam_score, is_spam=verdict.is_spam(policy.spam_threshold),
+        phishing_score=verdict.phishing_score, is_phishing=verdict.is_phishing(policy.phishing_threshold),
+        category=verdict.category, important=verdict.important, priority_score=verdict.priority_score,
+        summary=verdict.summary,
+        actions=[{"text": a.text, "due": a.due.isoformat() if a.due else None} for a in verdict.actions],
+        stage=verdict.stage, delivery_state="delivered", source="imap",
+    )
+
+
+def _literal(response: Any) -> bytes | None:
+    for line in response.lines:
+        if isinstance(line, bytearray):
+            return bytes(line)
+    return None
+
+
+class Watcher:
+    """Watch one account's INBOX until cancelled; reconnects with backoff after upstream failures."""
+
+    def __init__(
+        self, account: str, login: str, password: str, cfg: IMAPSection, *, store: Any,
+        pipeline: AnalysisPipeline | None, policy: PolicySection,
+    ) -> None:
+        self.account = account.lower()
+        self._login = login
+        self._password = password
+        self.cfg = cfg
+        self.store = store
+        self.pipeline = pipeline
+        self.policy = policy
+        self.uidvalidity = 0
+        self.last_uid = 0
+        self.keywords_ok = False
+        self._tagged: dict[int, tuple[str, bool]] = {}  # uid -> (gatewayd id, we marked it $Junk)
+        self._junk_mailbox: str | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Watcher({self.account!r})"
+
+    async def run(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self._watch()
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.UPSTREAM_ERRORS.labels("watcher").inc()
+                log.warning("event=imap_watch_error account=%s error=%s", self.account, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _connect(self) -> aioimaplib.IMAP4:
+        up = self.cfg.upstream
+        ctx = client_ssl_context(up) if up.tls != "none" else None
+        imap: aioimaplib.IMAP4
+        if up.tls == "tls":
+            imap = aioimaplib.IMAP4_SSL(up.host, up.port, timeout=up.timeout, ssl_context=ctx)
+        else:
+            imap = aioimaplib.IMAP4(up.host, up.port, timeout=up.timeout)
+        await imap.wait_hello_from_server()
+        if up.tls == "starttls":
+            assert ctx is not None
+            proto = imap.protocol
+            await proto.execute(aioimaplib.Command("STARTTLS", proto.new_tag(), loop=proto.loop))
+            loop = asyncio.get_running_loop()
+            proto.transport = await loop.start_tls(proto.transport, proto, ctx, server_hostname=up.host)
+            await proto.capability()
+        response = await imap.login(aioimaplib.quoted(self._login), self._password)
+        if response.result != "OK":
+            raise PermissionError("upstream refused the watcher's login")
+        return imap
+
+    async def _watch(self) -> None:
+        imap = await self._connect()
+        try:
+            await self._select(imap)
+            while True:
+                await self._scan(imap)
+                await self._check_feedback(imap)
+                await self._wait(imap)
+        finally:
+            with contextlib.suppress(Exception):
+                imap.protocol.transport.close()
+
+    async def _select(self, imap: aioimaplib.IMAP4) -> None:
+        response = await imap.select(MAILBOX)
+        if response.result != "OK":
+            raise RuntimeError("SELECT INBOX failed")
+        uidnext = 0
+        for line in response.lines:
+            if not isinstance(line, bytes):
+                continue
+            if m := re.search(rb"\[UIDVALIDITY (\d+)\]", line):
+                uidvalidity = int(m.group(1))
+                if uidvalidity != self.uidvalidity:
+                    self.uidvalidity, self.last_uid = uidvalidity, 0
+                    self._tagged.clear()
+            elif m := re.search(rb"\[UIDNEXT (\d+)\]", line):
+                uidnext = int(m.group(1))
+            elif m := re.search(rb"\[PERMANENTFLAGS \(([^)]*)\)\]", line):
+                self.keywords_ok = b"\\*" in m.group(1).split()
+        if self.last_uid == 0:
+            known = await self.store.max_uid(self.account, MAILBOX, self.uidvalidity) if self.store else 0
+            self.last_uid = known or max(0, uidnext - 1 - FIRST_SCAN)
+
+    async def _scan(self, imap: aioimaplib.IMAP4) -> None:
+        response = await imap.uid_search(f"UID {self.last_uid + 1}:*", charset=None)
+        uids: list[int] = []
+        for line in response.lines:
+            if isinstance(line, bytes) and line.startswith(b"SEARCH"):
+                uids += [int(x) for x in line.split()[1:] if x.isdigit()]
+        for uid in sorted(u for u in uids if u > self.last_uid):
+            await self._process(imap, uid)
+            self.last_uid = uid
+
+    async def _process(self, imap: aioimaplib.IMAP4, uid: int) -> None:
+        response = await imap.uid("fetch", str(uid), "(BODY.PEEK[])")
+        raw = _literal(response)
+        if response.result != "OK" or raw is None:
+            return  # expunged meanwhile
+        facts = extract_facts(raw)
+        record = await self._known(facts)
+        if record is not None:
+            metrics.MESSAGES_ANALYSED.labels("reused").inc()
+            if self.store is not None and self.account not in record.accounts:
+                record.accounts.append(self.account)
+                await self.store.record_messages([record])
+        else:
+            if self.pipeline is None:
+                return
+            verdict = await self.pipeline.analyse(facts)
+            record = record_from(verdict, facts, self.account, self.policy)
+            metrics.MESSAGES_ANALYSED.labels("analysed").inc()
+            if self.store is not None:
+                await self.store.record_messages([record])
+        keywords = keywords_for(record)
+        written: list[str] = []
+        if keywords and self.keywords_ok:
+            result = await imap.uid("store", str(uid), "+FLAGS.SILENT", "(" + " ".join(keywords) + ")")
+            if result.result == "OK":
+                metrics.KEYWORD_WRITES.inc()
+                written = keywords
+            else:
+                metrics.KEYWORD_FAILURES.labels("refused").inc()
+        elif keywords:
+            metrics.KEYWORD_FAILURES.labels("no_permanent_keywords").inc()
+        if self.store is not None:
+            await self.store.record_mailbox_entry(
+                MailboxEntry(self.account, MAILBOX, self.uidvalidity, uid, record.id, written)
+            )
+        log.info("event=imap_message_analysed account=%s uid=%d id=%s keywords=%s",
+                 self.account, uid, record.id, ",".join(written) or "-")
+        if record.is_spam and self.cfg.move_junk and await self._junk(imap):
+            assert self._junk_mailbox is not None
+            await imap.uid("move", str(uid), aioimaplib.quoted(self._junk_mailbox))
+        else:
+            self._tagged[uid] = (record.id, JUNK in written)
+            while len(self._tagged) > 2000:
+                del self._tagged[next(iter(self._tagged))]
+
+    async def _known(self, facts: MessageFacts) -> MessageRecord | None:
+        """The record the SMTP path (or an earlier watch) made for this message, if any."""
+        if self.store is None:
+            return None
+        gw_id = facts.header("X-Gatewayd-Id").strip()
+        if gw_id:
+            found: MessageRecord | None = await self.store.get_message(gw_id)
+            if found is not None:
+                return found
+        if facts.message_id:
+            records: list[MessageRecord] = await self.store.find_by_message_id(facts.message_id)
+            mine = [r for r in records if self.account in r.accounts]
+            return (mine or records)[0] if records else None
+        return None
+
+    async def _junk(self, imap: aioimaplib.IMAP4) -> bool:
+        if self._junk_mailbox is None and imap.has_capability("MOVE"):
+            response = await imap.protocol.simple_command("LIST", '""', '"*"')
+            for line in response.lines:
+                if isinstance(line, bytes) and b"\\Junk" in line:
+                    self._junk_mailbox = line.rsplit(b" ", 1)[-1].strip(b'"').decode()
+        return self._junk_mailbox is not None
+
+    async def _check_feedback(self, imap: aioimaplib.IMAP4) -> None:
+        if not self._tagged or self.store is None:
+            return
+        uids = ",".join(str(u) for u in self._tagged)
+        response = await imap.uid("fetch", uids, "(FLAGS)")
+        for line in response.lines:
+            if not isinstance(line, bytes):
+                continue
+            m_uid, m_flags = _UID_RE.search(line), _FLAGS_RE.search(line)
+            if m_uid is None or m_flags is None or int(m_uid.group(1)) not in self._tagged:
+                continue
+            uid = int(m_uid.group(1))
+            flags = {f.decode().lower() for f in m_flags.group(1).split()}
+            gw_id, marked_junk = self._tagged[uid]
+            kind = ""
+            if NOT_JUNK.lower() in flags or (marked_junk and JUNK.lower() not in flags):
+                kind = "not_junk"
+            elif not marked_junk and JUNK.lower() in flags:
+                kind = "junk"
+            if kind:
+                del self._tagged[uid]
+                metrics.FEEDBACK.labels(kind).inc()
+                await self.store.record_feedback(self.account, gw_id, kind)
+                log.info("event=imap_feedback account=%s id=%s kind=%s", self.account, gw_id, kind)
+
+    async def _wait(self, imap: aioimaplib.IMAP4) -> None:
+        """Return when the mailbox may have changed (new message, flag change) or after a while."""
+        if not imap.has_capability("IDLE"):
+            await asyncio.sleep(POLL_INTERVAL)
+            await imap.noop()
+            return
+        idle = await imap.idle_start(timeout=IDLE_RENEW)
+        try:
+            while imap.has_pending_idle():
+                push = await imap.wait_server_push()
+                if push == aioimaplib.STOP_WAIT_SERVER_PUSH or any(
+                    isinstance(x, bytes) and (b"EXISTS" in x or b"FETCH" in x) for x in push
+                ):
+                    break
+        finally:
+            imap.idle_done()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle, self.cfg.upstream.timeout)
+
+
+class WatcherPool:
+    """Watchers by account: one per account however many sessions it has; master-user ones always on."""
+
+    def __init__(self, cfg: IMAPSection, *, store: Any, pipeline: AnalysisPipeline | None,
+                 policy: PolicySection) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.pipeline = pipeline
+        self.policy = policy
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._refs: dict[str, int] = {}
+        self._permanent: set[str] = set()
+
+    def _start(self, account: str, login: str, password: str) -> None:
+        watcher = Watcher(account, login, password, self.cfg, store=self.store, pipeline=self.pipeline,
+                          policy=self.policy)
+        self._tasks[account] = asyncio.create_task(watcher.run(), name=f"imap-watch-{account}")
+
+    async def start_master(self) -> None:
+        """Start the always-on watchers of ``[imap.master_user]``."""
+        master = self.cfg.master_user
+        if not (self.cfg.watch and master.enabled and master.user):
+            return
+        for user in master.users:
+            account = user.lower()
+            self._permanent.add(account)
+            self._start(account, f"{user}{master.separator}{master.user}", master.password)
+
+    async def attach(self, user: str, password: str) -> Callable[[], Awaitable[None]]:
+        """A session of ``user`` logged in: make sure the account is watched until ``detach`` is called."""
+        account = user.lower()
+        self._refs[account] = self._refs.get(account, 0) + 1
+        if account not in self._tasks:
+            self._start(account, user, password)
+
+        async def detach() -> None:
+            self._refs[account] -= 1
+            if self._refs[account] <= 0:
+                del self._refs[account]
+                if account not in self._permanent and (task := self._tasks.pop(account, None)):
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+        return detach
+
+    @property
+    def watched(self) -> list[str]:
+        return sorted(self._tasks)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+

@@ -1,0 +1,114 @@
+"""Run gatewayd's IMAPProxy in a thread of its own, so blocking clients (imaplib, curl, mbsync) can use it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from gatewayd.imap.server import IMAPProxy
+from gatewayd.imap.session import Throttle
+from gatewayd.settings import IMAPSection, Settings, UpstreamIMAP
+
+T = TypeVar("T")
+
+
+def imap_settings(port: int, **imap: Any) -> Settings:
+    """Settings with one plain IMAP listener on port 0 in front of ``127.0.0.1:port``."""
+    upstream = imap.pop("upstream", None) or UpstreamIMAP(host="127.0.0.1", port=port, timeout=10)
+    section = IMAPSection(**{"listen": ["127.0.0.1:0"], "allow_plaintext_auth": True, "watch": False,
+                             "upstream": upstream, **imap})
+    return Settings(imap=section)
+
+
+class ProxyThread:
+    """An IMAPProxy on its own event loop in a daemon thread; ``port``/``tls_port`` are where it listens."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Any = None,
+        pipeline: Any = None,
+        ssl_context_factory: Callable[[], ssl.SSLContext | None] = lambda: None,
+        throttle: Throttle | None = None,
+    ) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def build() -> IMAPProxy:
+            return IMAPProxy(settings, store=store, pipeline=pipeline,
+                             ssl_context_factory=ssl_context_factory,
+                             throttle=throttle or Throttle(delay=0.0))
+
+        self.proxy = self.call(build())
+        servers = self.call(self.proxy.start())
+        ports = [s.sockets[0].getsockname()[1] for s in servers]
+        n_plain = len(settings.imap.listen)
+        self.port = ports[0] if n_plain else 0
+        self.tls_port = ports[n_plain] if len(ports) > n_plain else 0
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def connections(self) -> int:
+        async def count() -> int:
+            return self.proxy.connections
+
+        return self.call(count())
+
+    def wait_connections(self, n: int, timeout: float = 10) -> None:
+        """Block until the proxy has exactly ``n`` client connections (event-driven on the proxy loop)."""
+
+        async def wait() -> None:
+            async with asyncio.timeout(timeout):
+                # A bounded poll of a counter on the proxy's own loop, not a guess at how long things take.
+                while self.proxy.connections != n:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+
+        self.call(wait(), timeout + 5)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self.proxy.shutdown(5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class RawClient:
+    """A line-oriented socket client for what imaplib cannot do (LITERAL+, IDLE, garbage)."""
+
+    def __init__(self, port: int, *, timeout: float = 10, ctx: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock: socket.socket = ctx.wrap_socket(sock, server_hostname="127.0.0.1") if ctx else sock
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        data = self.file.readline()
+        if not data:
+            raise EOFError("connection closed")
+        return data
+
+    def until_tagged(self, tag: bytes) -> list[bytes]:
+        """Read lines (literals included verbatim) up to and including the tagged response for ``tag``."""
+        out = []
+        while True:
+            line = self.line()
+            out.append(line)
+            if line.startswith(tag + b" "):
+                return out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()

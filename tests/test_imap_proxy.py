@@ -1,0 +1,397 @@
+"""The IMAP proxy in front of the real Dovecot: real clients (imaplib, curl, raw sockets) through gatewayd."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import imaplib
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from conftest import Peers, TlsFiles, free_port
+from imap_helpers import ProxyThread, RawClient, imap_settings
+
+from gatewayd.imap import capability
+from gatewayd.imap.session import Throttle
+from gatewayd.settings import UpstreamIMAP
+
+pytestmark = pytest.mark.peers
+
+USER = "alice"
+PASSWORD = "password"
+
+
+@pytest.fixture
+def make_proxy(peers: Peers) -> Iterator[Callable[..., ProxyThread]]:
+    started: list[ProxyThread] = []
+
+    def make(**kw: Any) -> ProxyThread:
+        opts = {k: kw.pop(k) for k in ("store", "pipeline", "ssl_context_factory", "throttle") if k in kw}
+        proxy = ProxyThread(imap_settings(peers.imap_port, **kw), **opts)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(make_proxy: Callable[..., ProxyThread]) -> ProxyThread:
+    return make_proxy()
+
+
+@pytest.fixture
+def box(peers: Peers) -> Iterator[str]:
+    """A fresh mailbox of alice's for one test, so tests sharing Dovecot never see each other's mail."""
+    name = f"gwtest-{uuid.uuid4().hex[:12]}"
+    conn = peers.imap_login(USER)
+    assert conn.create(name)[0] == "OK"
+    conn.logout()
+    yield name
+    with contextlib.suppress(Exception):
+        conn = peers.imap_login(USER)
+        conn.delete(name)
+        conn.logout()
+
+
+def client(proxy: ProxyThread, user: str = USER) -> imaplib.IMAP4:
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    typ, _ = conn.login(user, PASSWORD)
+    assert typ == "OK"
+    return conn
+
+
+def message(subject: str, body: bytes = b"hello\r\n", **headers: str) -> bytes:
+    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (f"From: sender@example.org\r\nTo: alice@mail.test\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@example.org>\r\n{head}\r\n").encode() + body
+
+
+def append_straight(peers: Peers, box: str, raw: bytes) -> None:
+    conn = peers.imap_login(USER)
+    assert conn.append(box, None, None, raw)[0] == "OK"
+    conn.logout()
+
+
+# ----------------------------------------------------------------------------------------- login
+
+
+def test_login_and_capabilities_are_filtered(proxy: ProxyThread) -> None:
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    assert "AUTH=PLAIN" in conn.capabilities and "LITERAL+" in conn.capabilities
+    typ, data = conn.login(USER, PASSWORD)
+    assert typ == "OK"
+    typ, data = conn.capability()
+    caps = set(data[0].decode().upper().split())
+    assert {"IDLE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "SPECIAL-USE", "LITERAL+", "BINARY"} <= caps
+    assert not any(c.startswith(("COMPRESS", "AUTH=")) or c in ("STARTTLS", "LOGINDISABLED") for c in caps)
+    conn.logout()
+
+
+def test_authenticate_plain_with_and_without_initial_response(proxy: ProxyThread) -> None:
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    typ, _ = conn.authenticate("PLAIN", lambda _: f"\0{USER}\0{PASSWORD}".encode())  # imaplib: no SASL-IR
+    assert typ == "OK" and conn.select("INBOX")[0] == "OK"
+    conn.logout()
+    raw = RawClient(proxy.port)
+    raw.line()
+    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+    raw.send(b"a1 AUTHENTICATE PLAIN " + token + b"\r\n")
+    assert raw.until_tagged(b"a1")[-1].startswith(b"a1 OK")
+    raw.close()
+
+
+def test_wrong_password_is_authenticationfailed_and_throttled(make_proxy: Callable[..., ProxyThread]) -> None:
+    proxy = make_proxy(throttle=Throttle(delay=0.0, max_failures=3))
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    for _ in range(3):
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+            conn.login(USER, "wrong")
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+        conn.login(USER, PASSWORD)  # the user is throttled now, even with the right password
+    conn.shutdown()
+
+
+def test_upstream_down_answers_unavailable_quickly(make_proxy: Callable[..., ProxyThread]) -> None:
+    proxy = make_proxy(upstream=UpstreamIMAP(host="127.0.0.1", port=free_port(), timeout=5))
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    started = time.monotonic()
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+        conn.login(USER, PASSWORD)
+    assert time.monotonic() - started < 2
+    assert conn.noop()[0] == "OK"  # the client connection survives
+    conn.logout()
+
+
+def test_upstream_that_never_answers_times_out(make_proxy: Callable[..., ProxyThread]) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        proxy = make_proxy(upstream=UpstreamIMAP(host="127.0.0.1", port=port, timeout=0.5))
+        conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+            conn.login(USER, PASSWORD)
+        conn.shutdown()
+
+
+def test_garbage_before_login_is_bad_and_connection_survives(proxy: ProxyThread) -> None:
+    raw = RawClient(proxy.port)
+    assert raw.line().startswith(b"* OK [CAPABILITY ")
+    for junk in (b"\r\n", b"hello\r\n", b"a1 FROB\r\n", b"\x00\xff\xfe\r\n", b'a2 LOGIN "unterminated\r\n',
+                 b"a3 SELECT INBOX\r\n", b"a4 " + b"x" * 70_000 + b"\r\n", b"a5 LOGIN {999999}\r\n"):
+        raw.send(junk)
+        assert b" BAD " in raw.line()
+    raw.send(b"a6 NOOP\r\n")
+    assert raw.line() == b"a6 OK NOOP completed\r\n"
+    raw.send(b"a7 LOGIN {5}\r\n")
+    assert raw.line().startswith(b"+ ")
+    raw.send(b"alice {8}\r\n")
+    assert raw.line().startswith(b"+ ")
+    raw.send(b"password\r\n")
+    assert raw.line().startswith(b"a7 OK")
+    raw.send(b"a8 LOGOUT\r\n")
+    assert raw.until_tagged(b"a8")[-1].startswith(b"a8 OK")
+    raw.close()
+
+
+def test_garbage_after_login_is_bad_and_connection_survives(proxy: ProxyThread) -> None:
+    raw = RawClient(proxy.port)
+    raw.line()
+    raw.send(b"a1 LOGIN alice password\r\n")
+    raw.until_tagged(b"a1")
+    raw.send(b"a2 FROB\r\n\x00\x01garbage\r\na3 " + b"y" * 70_000 + b"\r\na4 COMPRESS DEFLATE\r\na5 NOOP\r\n")
+    lines = raw.until_tagged(b"a5")
+    assert any(line.startswith(b"a2 BAD") for line in lines)
+    assert any(line.startswith(b"a3 BAD") for line in lines)
+    assert any(line.startswith(b"a4 NO") for line in lines)
+    assert lines[-1].startswith(b"a5 OK")
+    raw.close()
+
+
+# ---------------------------------------------------------------------------------- mailbox work
+
+
+def test_select_fetch_search_store_move(proxy: ProxyThread, peers: Peers, box: str) -> None:
+    for i in range(3):
+        append_straight(peers, box, message(f"msg {i}"))
+    conn = client(proxy)
+    typ, data = conn.select(box)
+    assert typ == "OK" and data == [b"3"]
+    typ, data = conn.search(None, "SUBJECT", '"msg 1"')
+    assert data == [b"2"]
+    typ, data = conn.fetch("1:3", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [part[1] for part in data if isinstance(part, tuple)]
+    assert subjects == [f"Subject: msg {i}\r\n\r\n".encode() for i in range(3)]
+    typ, data = conn.store("2", "+FLAGS", "(\\Flagged $Custom)")
+    assert typ == "OK" and b"\\Flagged" in data[0] and b"$Custom" in data[0]
+    conn.create(box + "-moved")
+    try:
+        typ, data = conn.uid("MOVE", "1", box + "-moved")
+        assert typ == "OK"
+        assert conn.select(box + "-moved")[1] == [b"1"]
+    finally:
+        conn.close()
+        conn.delete(box + "-moved")
+    conn.logout()
+
+
+def test_uid_fetch_of_a_large_message_streams_through(proxy: ProxyThread, peers: Peers, box: str) -> None:
+    count = 5 * 1024 * 1024 // 70
+    lines = b"".join(b"%07d %s\r\n" % (i, os.urandom(30).hex().encode()) for i in range(count))
+    raw = message("large", lines)
+    append_straight(peers, box, raw)
+    conn = client(proxy)
+    conn.select(box, readonly=True)
+    typ, data = conn.uid("FETCH", "1", "(BODY.PEEK[])")
+    assert typ == "OK"
+    assert data[0][1] == raw  # type: ignore[index]
+    typ, data = conn.uid("FETCH", "1", "(BINARY.PEEK[1])")  # ~{n} literals from upstream
+    assert typ == "OK"
+    conn.logout()
+
+
+def test_append_with_synchronising_and_non_synchronising_literals(
+    proxy: ProxyThread, peers: Peers, box: str
+) -> None:
+    conn = client(proxy)
+    assert conn.append(box, None, None, message("sync"))[0] == "OK"  # imaplib waits for "+"
+    conn.logout()
+    raw = RawClient(proxy.port)
+    raw.line()
+    raw.send(b"a1 LOGIN alice password\r\n")
+    raw.until_tagged(b"a1")
+    body = message("plus", b"x" * 200_000 + b"\r\n")
+    binary = message("binary", b"nul\x00byte\r\n")
+    raw.send(b"a2 APPEND %s {%d+}\r\n%s\r\n" % (box.encode(), len(body), body))
+    raw.send(b"a3 APPEND %s ~{%d+}\r\n%s\r\n" % (box.encode(), len(binary), binary))
+    assert raw.until_tagged(b"a2")[-1].startswith(b"a2 OK [APPENDUID")
+    assert raw.until_tagged(b"a3")[-1].startswith(b"a3 OK [APPENDUID")
+    # A synchronising literal the upstream refuses: the client gets NO and both sides stay in step.
+    raw.send(b"a4 APPEND no-such-mailbox-%s {5}\r\n" % uuid.uuid4().hex.encode())
+    reply = raw.line()
+    if reply.startswith(b"+"):
+        raw.send(b"hello\r\n")
+        reply = raw.until_tagged(b"a4")[-1]
+    assert reply.startswith(b"a4 NO")
+    raw.send(b"a5 NOOP\r\n")
+    assert raw.until_tagged(b"a5")[-1].startswith(b"a5 OK")
+    raw.close()
+    conn = peers.imap_login(USER)
+    conn.select(box, readonly=True)
+    _, data = conn.fetch("1:3", "(BODY.PEEK[])")
+    got = [part[1] for part in data if isinstance(part, tuple)]
+    # Dovecot shows a stored NUL as 0x80 outside BINARY fetches: what went through was the NUL.
+    assert got[1:] == [body, binary.replace(b"\x00", b"\x80")]
+    conn.logout()
+
+
+def test_client_vanishing_mid_literal_closes_upstream(proxy: ProxyThread, peers: Peers, box: str) -> None:
+    raw = RawClient(proxy.port)
+    raw.line()
+    raw.send(b"a1 LOGIN alice password\r\n")
+    raw.until_tagged(b"a1")
+    raw.send(b"a2 APPEND %s {100000+}\r\n" % box.encode() + b"partial" * 1000)
+    raw.send(b"")
+    raw.sock.shutdown(socket.SHUT_RDWR)
+    raw.close()
+    proxy.wait_connections(0)
+    conn = peers.imap_login(USER)
+    assert conn.select(box, readonly=True)[1] == [b"0"]  # nothing half-appended
+    conn.logout()
+    conn = client(proxy)  # the proxy still serves
+    conn.logout()
+
+
+def test_idle_sees_a_message_delivered_through_postfix(proxy: ProxyThread, peers: Peers) -> None:
+    subject = f"idle {uuid.uuid4().hex}"
+    raw = RawClient(proxy.port, timeout=30)
+    raw.line()
+    raw.send(b"a1 LOGIN bob password\r\na2 SELECT INBOX\r\n")
+    raw.until_tagged(b"a2")
+    raw.send(b"a3 IDLE\r\n")
+    assert raw.line().startswith(b"+ ")
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "sender@example.org", "bob@mail.test", subject
+    msg.set_content("delivered while idling\n")
+    with smtplib.SMTP("127.0.0.1", peers.smtp_port, timeout=10) as smtp:
+        smtp.send_message(msg)
+    deadline = time.monotonic() + 30
+    while True:  # other tests may deliver to bob too: stop at the EXISTS that brings our subject
+        line = raw.line()  # blocks on the socket, with its timeout
+        assert time.monotonic() < deadline
+        if not line.endswith(b"EXISTS\r\n"):
+            continue
+        raw.send(b"DONE\r\n")
+        raw.until_tagged(b"a3")
+        count = int(line.split()[1])
+        raw.send(b"a4 FETCH %d (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n" % count)
+        if any(subject.encode() in part for part in raw.until_tagged(b"a4")):
+            break
+        raw.send(b"a3 IDLE\r\n")
+        assert raw.line().startswith(b"+ ")
+    raw.send(b"a5 LOGOUT\r\n")
+    raw.until_tagged(b"a5")
+    raw.close()
+
+
+def test_shutdown_says_bye(make_proxy: Callable[..., ProxyThread]) -> None:
+    proxy = make_proxy()
+    raw = RawClient(proxy.port)
+    raw.line()
+    raw.send(b"a1 LOGIN alice password\r\na2 SELECT INBOX\r\n")
+    raw.until_tagged(b"a2")
+    proxy.call(proxy.proxy.shutdown(5))
+    assert raw.line().startswith(b"* BYE")
+    raw.close()
+
+
+# ------------------------------------------------------------------------------------------- TLS
+
+
+def test_logindisabled_until_starttls(make_proxy: Callable[..., ProxyThread], tls_ca: TlsFiles) -> None:
+    ctx = tls_ca.server_context()
+    proxy = make_proxy(allow_plaintext_auth=False, ssl_context_factory=lambda: ctx)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    assert "LOGINDISABLED" in conn.capabilities and "STARTTLS" in conn.capabilities
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        conn.login(USER, PASSWORD)
+    conn.starttls(tls_ca.client_context())
+    assert "LOGINDISABLED" not in conn.capabilities and "STARTTLS" not in conn.capabilities
+    assert conn.login(USER, PASSWORD)[0] == "OK"
+    assert conn.select("INBOX")[0] == "OK"
+    conn.logout()
+
+
+def test_implicit_tls_listener_and_tls_upstream(
+    make_proxy: Callable[..., ProxyThread], peers: Peers, tls_ca: TlsFiles
+) -> None:
+    ctx = tls_ca.server_context()
+    for upstream in (
+        UpstreamIMAP(host="127.0.0.1", port=peers.imaps_port, tls="tls", ca_file=str(peers.cert)),
+        UpstreamIMAP(host="127.0.0.1", port=peers.imap_port, tls="starttls", ca_file=str(peers.cert)),
+    ):
+        proxy = make_proxy(listen=[], tls_listen=["127.0.0.1:0"], allow_plaintext_auth=False,
+                           ssl_context_factory=lambda: ctx, upstream=upstream)
+        conn = imaplib.IMAP4_SSL("127.0.0.1", proxy.tls_port, ssl_context=tls_ca.client_context(), timeout=15)
+        assert "LOGINDISABLED" not in conn.capabilities
+        assert conn.login(USER, PASSWORD)[0] == "OK"
+        assert conn.select("INBOX")[0] == "OK"
+        conn.logout()
+
+
+def test_upstream_certificate_is_verified(make_proxy: Callable[..., ProxyThread], peers: Peers,
+                                          tls_ca: TlsFiles) -> None:
+    # The peers' certificate is not signed by this CA: the upstream TLS handshake must fail.
+    upstream = UpstreamIMAP(host="127.0.0.1", port=peers.imaps_port, tls="tls", ca_file=str(tls_ca.ca_path))
+    proxy = make_proxy(upstream=upstream)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+        conn.login(USER, PASSWORD)
+    conn.logout()
+
+
+# ------------------------------------------------------------------------------------------ curl
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_imap_and_imaps(make_proxy: Callable[..., ProxyThread], peers: Peers, box: str,
+                             tls_ca: TlsFiles) -> None:
+    append_straight(peers, box, message("via curl", b"curl body line\r\n"))
+    ctx = tls_ca.server_context()
+    proxy = make_proxy(tls_listen=["127.0.0.1:0"], ssl_context_factory=lambda: ctx)
+    for url, extra in (
+        (f"imap://127.0.0.1:{proxy.port}/{box};UID=1", []),
+        (f"imaps://127.0.0.1:{proxy.tls_port}/{box};UID=1", ["--cacert", str(tls_ca.ca_path)]),
+        (f"imap://127.0.0.1:{proxy.port}/{box};UID=1", ["--ssl-reqd", "--cacert", str(tls_ca.ca_path)]),
+    ):
+        out = subprocess.run(["curl", "-sS", "--max-time", "20", "-u", f"{USER}:{PASSWORD}", *extra, url],
+                             capture_output=True, timeout=30, check=False)
+        assert out.returncode == 0, out.stderr
+        assert b"Subject: via curl" in out.stdout and b"curl body line" in out.stdout
+
+
+def test_capability_rewrite_table() -> None:
+    assert capability.rewrite(b"* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE AUTH=PLAIN STARTTLS\r\n") == (
+        b"* CAPABILITY IMAP4rev1 IDLE\r\n"
+    )
+    assert capability.rewrite(b"a OK [CAPABILITY IMAP4rev1 UNAUTHENTICATE MOVE] Logged in\r\n") == (
+        b"a OK [CAPABILITY IMAP4rev1 MOVE] Logged in\r\n"
+    )
+    assert capability.rewrite(b"* 1 FETCH (FLAGS ())\r\n") == b"* 1 FETCH (FLAGS ())\r\n"
+    assert capability.preauth(tls_active=False, starttls_available=True, plaintext_ok=False) == (
+        b"IMAP4rev1 LITERAL+ ID IDLE STARTTLS LOGINDISABLED"
+    )
+    assert capability.preauth(tls_active=True, starttls_available=True, plaintext_ok=False) == (
+        b"IMAP4rev1 LITERAL+ ID IDLE SASL-IR AUTH=PLAIN"
+    )
