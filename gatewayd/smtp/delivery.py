@@ -42,7 +42,7 @@ def _mail_options(smtp: aiosmtplib.SMTP, raw: bytes) -> list[str]:
     opts = []
     if smtp.supports_extension("size"):
         opts.append(f"SIZE={len(raw)}")
-    if smtp.supports_extension("8bitmime") and any(b > 127 for b in raw[:1 << 20]):
+    if smtp.supports_extension("8bitmime") and not raw.isascii():
         opts.append("BODY=8BITMIME")
     return opts
 
