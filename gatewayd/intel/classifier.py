@@ -1,0 +1,163 @@
+"""``ModelClassifier``: the cascade (fast linear stage, then the sentence encoder for unsure mail) behind the
+``Classifier`` protocol, with a content-hash cache and a per-message fallback to the rules.
+
+A message reaches the encoder only when the fast stage's spam or phishing score falls inside the band set on
+validation data (models/manifest.json) and its time budget still has room; the encoder heads' probabilities
+are then averaged with the fast stage's. Summaries use sentence embeddings for encoder-stage mail (same
+budget rule), lead sentences otherwise. Whatever goes wrong for a message (budget spent, an exception), the
+rules answer for it with ``fallback_reason`` set and ``gatewayd_analysis_fallbacks`` counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import replace
+
+import numpy as np
+
+from gatewayd import metrics
+from gatewayd.analysis.actions import find_actions
+from gatewayd.analysis.facts import CATEGORIES, Classifier, MessageFacts, Verdict
+from gatewayd.intel import features as F
+from gatewayd.intel import summary as S
+from gatewayd.intel.engine import STAGE, Engine, Models
+
+log = logging.getLogger("gatewayd.intel")
+
+ENCODER_RESERVE = 0.05  # seconds a message must have left to be worth sending to the encoder
+_KEY_HEADERS = ("list-unsubscribe", "list-id", "precedence", "auto-submitted", "x-mailing-list")
+
+
+def cache_key(facts: MessageFacts) -> bytes:
+    """Identical bulk mail (same sender, subject, body, list headers and date) hashes alike; ids do not count."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (facts.from_addr, facts.from_name, facts.reply_to, facts.subject, facts.text, facts.html[:2000],
+                 "\x1f".join(facts.links[:50]), "\x1f".join(facts.attachments),
+                 str(len(facts.to) + len(facts.cc)), facts.date.date().isoformat() if facts.date else ""):
+        h.update(part.encode("utf-8", "replace"))
+        h.update(b"\x1e")
+    for name, value in facts.headers:
+        if name.lower() in _KEY_HEADERS:
+            h.update(f"{name.lower()}:{value}".encode("utf-8", "replace"))
+    return h.digest()
+
+
+class ModelClassifier:
+    """Model-backed classifier; safe to call from many tasks at once (they share micro-batches)."""
+
+    name = "models"
+
+    def __init__(self, models: Models, *, fallback: Classifier, budget: float = 2.0, max_batch: int = 16,
+                 batch_wait: float = 0.005, cache_size: int = 4096, encoder: bool = True,
+                 summary_encoder: bool = True) -> None:
+        self.models = models
+        self.fallback = fallback
+        self.budget = budget
+        self.encoder = encoder
+        self.summary_encoder = summary_encoder
+        self.encoder_mix = float(models.manifest.get("encoder_mix", 0.5))
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, Verdict] = OrderedDict()
+        self.engine: Engine[MessageFacts, Verdict] = Engine(self.analyse_batch, max_batch=max_batch,
+                                                            batch_wait=batch_wait)
+
+    # -- the blocking part, run in the engine's executor ------------------------------------------------
+    def analyse_batch(self, items: list[MessageFacts], deadlines: list[float]) -> list[Verdict]:
+        """Verdicts for a batch (blocking; in the executor). Deadlines are ``time.monotonic()`` values."""
+        started = time.perf_counter()
+        probs = self.models.fast_probs([F.featurize(f) for f in items])
+        sure = self.models.fast_sure(probs)
+        now = time.monotonic()
+        todo = [i for i in range(len(items))
+                if self.encoder and not sure[i] and deadlines[i] - now > ENCODER_RESERVE]
+        if todo:
+            emb = self.models.embed_each([F.encoder_text(items[i]) for i in todo])
+            mix = self.encoder_mix
+            probs[todo] = (1 - mix) * probs[todo] + mix * self.models.encoder_probs(emb)
+        summaries = self._summaries(items, todo, deadlines)
+        per_message_ms = (time.perf_counter() - started) * 1000.0 / len(items)
+        escalated = set(todo)
+        out = []
+        for i, facts in enumerate(items):
+            stage = "encoder" if i in escalated else "fast"
+            STAGE.labels(stage=stage).inc()
+            out.append(self._verdict(facts, probs[i], stage, summaries[i], per_message_ms))
+        return out
+
+    def _summaries(self, items: list[MessageFacts], todo: list[int], deadlines: list[float]) -> list[str]:
+        out = [""] * len(items)
+        sentences: dict[int, list[str]] = {}
+        now = time.monotonic()
+        if self.summary_encoder:
+            for i in todo:
+                if deadlines[i] - now > ENCODER_RESERVE:
+                    cands = S.candidates(items[i].text)
+                    if len(cands) > 2:
+                        sentences[i] = cands
+        for i, cands in sentences.items():  # one call per message: see Models.embed_each
+            out[i] = S.central(cands, self.models.embed(cands, max_tokens=S.SENTENCE_TOKENS))
+        for i, facts in enumerate(items):
+            if not out[i]:
+                out[i] = S.lead(facts.text, facts.subject)
+        return out
+
+    def _verdict(self, facts: MessageFacts, p: np.ndarray, stage: str, summary: str, ms: float) -> Verdict:
+        spam, phishing, priority = float(p[0]), float(p[1]), float(p[2])
+        scores = {c: float(p[3 + j]) for j, c in enumerate(CATEGORIES)}
+        category = max(CATEGORIES, key=scores.__getitem__)
+        actions = find_actions(facts.text[:20_000], facts.date)
+        if spam >= 0.5 or phishing >= 0.5 or category == "newsletter":
+            priority *= 0.2  # bulk and hostile mail never gets to shout
+        return Verdict(spam_score=spam, phishing_score=phishing, category=category, category_scores=scores,
+                       important=priority >= 0.5, priority_score=priority, summary=summary, actions=actions,
+                       stage=stage, elapsed_ms=ms)  # type: ignore[arg-type]
+
+    # -- the asyncio side ---------------------------------------------------------------------------------
+    async def _fallback(self, facts: MessageFacts, reason: str) -> Verdict:
+        metrics.FALLBACKS.labels(reason=reason).inc()
+        verdict = (await self.fallback.classify_many([facts]))[0]
+        return replace(verdict, fallback_reason=reason)
+
+    async def _one(self, facts: MessageFacts) -> Verdict:
+        try:
+            future = await self.engine.submit(facts, self.budget)
+            return await asyncio.wait_for(future, self.budget)
+        except TimeoutError:
+            return await self._fallback(facts, "budget")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("event=model_error")
+            return await self._fallback(facts, "error")
+
+    async def classify_many(self, facts: list[MessageFacts]) -> list[Verdict]:
+        """One verdict per message, in order; cached verdicts are reused, the rest share micro-batches."""
+        keys = [cache_key(f) for f in facts] if self.cache_size else [b""] * len(facts)
+        out: list[Verdict | None] = [None] * len(facts)
+        todo: dict[bytes, list[int]] = {}
+        for i, key in enumerate(keys):
+            hit = self._cache.get(key) if self.cache_size else None
+            if hit is not None:
+                self._cache.move_to_end(key)
+                STAGE.labels(stage="cache").inc()
+                out[i] = hit
+            elif self.cache_size:
+                todo.setdefault(key, []).append(i)  # duplicates inside one call are analysed once too
+            else:
+                todo[i.to_bytes(8, "big")] = [i]
+        verdicts = await asyncio.gather(*(self._one(facts[idx[0]]) for idx in todo.values()))
+        for (key, idx), verdict in zip(todo.items(), verdicts, strict=True):
+            for i in idx:
+                out[i] = verdict
+            if self.cache_size and not verdict.fallback_reason:
+                self._cache[key] = verdict
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return [v for v in out if v is not None]
+
+    async def close(self) -> None:
+        await self.engine.close()
