@@ -7,6 +7,8 @@ import datetime as dt
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatewayd.analysis.actions import find_actions
 from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
@@ -308,3 +310,33 @@ def test_no_actions(text: str) -> None:
 def test_actions_without_date_resolve_against_today() -> None:
     (action,) = find_actions("Please call me tomorrow.", None)
     assert action.due == dt.date.today() + dt.timedelta(days=1)
+
+
+def test_summary_of_html_mail_through_extract_facts() -> None:
+    raw = (b"From: Shop <news@shop.example>\r\nTo: bob@example.net\r\nSubject: News\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+           b"<html><body><h1>Autumn sale</h1><p>Everything is <b>20%</b> off this week.</p>"
+           b"<p>Shop now at <a href='https://shop.example/sale'>our store</a>.</p>"
+           b"<table><tr><td>Item</td><td>Price</td></tr></table></body></html>")
+    summary = CLF.classify(extract_facts(raw)).summary
+    assert summary.startswith("Autumn sale Everything is 20% off this week.")
+    assert "<" not in summary and "**" not in summary and "#" not in summary
+
+
+_short_text = st.text(max_size=200)
+
+
+@settings(max_examples=150, deadline=None)
+@given(subject=_short_text, text=st.text(max_size=2000), html=_short_text, from_name=_short_text,
+       links=st.lists(_short_text, max_size=5), attachments=st.lists(_short_text, max_size=3))
+def test_classify_never_raises_and_scores_are_probabilities(
+    subject: str, text: str, html: str, from_name: str, links: list[str], attachments: list[str]
+) -> None:
+    verdict = classify(facts(subject=subject, text=text, html=html, from_name=from_name, links=tuple(links),
+                             attachments=tuple(attachments)))
+    for score in (verdict.spam_score, verdict.phishing_score, verdict.priority_score):
+        assert 0.0 <= score <= 1.0
+    assert verdict.category in CATEGORIES
+    assert sum(verdict.category_scores.values()) == pytest.approx(1.0)
+    assert len(verdict.summary) <= 300
+    assert len(verdict.actions) <= 5

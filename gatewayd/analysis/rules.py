@@ -17,13 +17,14 @@ from collections.abc import Callable
 from functools import cached_property
 from urllib.parse import urlsplit
 
-from gatewayd.analysis.actions import find_actions
+from gatewayd.analysis.actions import actions_in_body
 from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
-from gatewayd.analysis.text import summarize_lead
+from gatewayd.analysis.text import clean_body, lead_of
 
 MAX_TEXT = 20_000
 MAX_HTML = 50_000
 MAX_LINKS = 100
+ACTION_SCAN = 3_000  # characters of the cleaned body searched for action items
 SPAM_BIAS = 3.0
 PHISHING_BIAS = 3.0
 PRIORITY_BIAS = 2.0
@@ -59,6 +60,8 @@ def _host(url: str) -> str:
 
 
 def _is_ip(host: str) -> bool:
+    if not host or not (host[-1].isdigit() or ":" in host):  # a name ends in a TLD, never a digit
+        return False
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -67,29 +70,55 @@ def _is_ip(host: str) -> bool:
 
 
 # --- lexicons ---------------------------------------------------------------------------------------
-_SPAM_LEXICON = re.compile(
-    r"\b(?:viagra|cialis|lottery|lotto|jackpot|you(?:'ve| have)? won|winner|million dollars|million usd|"
-    r"inheritance|beneficiary|casino|bitcoin|crypto ?currency|investment opportunity|guaranteed|risk[- ]free|"
-    r"100% free|free money|free gift|cash bonus|earn \$|make money|work from home|act now|limited time|"
-    r"click here|buy now|order now|cheap|lowest price|weight loss|no credit check|miracle|nigerian?|"
-    r"wire transfer|western union|dear friend|congratulations|meet singles|hot singles|unsubscribe)\b",
-    re.IGNORECASE)
-_MONEY = re.compile(r"[$€£]\s?\d{1,3}(?:[,.]\d{3}){2,}|\b\d+(?:\.\d+)?\s?(?:million|billion)\b",
-                    re.IGNORECASE)
-_CREDENTIAL = re.compile(
-    r"\b(?:verify your (?:account|identity|email|information)|"
-    r"confirm your (?:account|identity|password|details)|"
-    r"password|suspended|suspension|locked|unusual (?:activity|sign[- ]in)|log ?in|sign ?in|"
-    r"update your (?:payment|billing|account)|"
-    r"account (?:will be|has been) (?:closed|disabled|limited|restricted)|"
-    r"security alert|validate your)\b", re.IGNORECASE)
+_PUNCT = str.maketrans({c: " " for c in "!\"#%&()*+,./:;<=>?[\\]^_`{|}~\r\n\t"})
+
+
+class Lexicon:
+    """Words and phrases looked up through the message's word set: a phrase is searched in the text only
+    when its rarest word occurs at all, so a lexicon costs set look-ups, not a scan per entry."""
+
+    def __init__(self, *phrases: str) -> None:
+        self.entries = tuple((max(p.translate(_PUNCT).split(), key=len), p, " " not in p) for p in phrases)
+
+    def hits(self, words: frozenset[str], lower: str) -> frozenset[str]:
+        return frozenset(p for key, p, single in self.entries if key in words and (single or p in lower))
+
+
+SPAM_WORDS = Lexicon(
+    "viagra", "cialis", "lottery", "lotto", "jackpot", "you won", "you've won", "you have won", "winner",
+    "million dollars", "million usd", "inheritance", "beneficiary", "casino", "bitcoin", "cryptocurrency",
+    "investment opportunity", "guaranteed", "risk-free", "risk free", "100% free", "free money", "free gift",
+    "cash bonus", "earn $", "make money", "work from home", "act now", "limited time", "click here",
+    "buy now", "order now", "cheap", "lowest price", "weight loss", "no credit check", "miracle", "nigeria",
+    "nigerian", "wire transfer", "western union", "dear friend", "congratulations", "meet singles",
+    "hot singles", "unsubscribe")
+CREDENTIAL_WORDS = Lexicon(
+    "verify your account", "verify your identity", "verify your email", "verify your information",
+    "confirm your account", "confirm your identity", "confirm your password", "confirm your details",
+    "password", "suspended", "suspension", "locked", "unusual activity", "unusual sign-in", "login", "log in",
+    "sign in", "signin", "sign-in", "update your payment", "update your billing", "update your account",
+    "account will be closed", "account has been disabled", "account has been limited", "security alert",
+    "validate your")
+NEWSLETTER_WORDS = Lexicon("unsubscribe", "newsletter", "view in browser", "view it in your browser",
+                           "view in your browser", "manage preferences", "manage your preferences",
+                           "manage your subscription", "monthly digest", "weekly digest")
+TRANSACTION_WORDS = Lexicon("receipt", "order", "invoice", "shipping", "shipped", "shipment", "delivery",
+                            "delivered", "payment", "paid", "confirmation", "confirmed", "booking",
+                            "reservation", "tracking", "refund", "purchase", "statement")
+SOCIAL_PHRASES = Lexicon("mentioned you", "friend request", "tagged you", "commented on", "new follower",
+                         "followed you", "follows you", "liked your", "reacted to", "connection request",
+                         "invitation to connect", "wants to connect", "replied to your", "shared a post",
+                         "endorsed you", "viewed your profile")
+URGENT_WORDS = Lexicon("urgent", "urgently", "asap", "as soon as possible", "deadline", "today",
+                       "immediately", "time-sensitive", "time sensitive", "action required", "eod",
+                       "end of day",
+                       "critical", "right away")
+_MONEY = re.compile(r"[$€£]\s?\d{1,3}(?:[,.]\d{3}){2,}")
 _BULK_MAILERS = re.compile(
     r"phpmailer|atomic mail|sendblaster|mass ?mail|groupmail|bulk ?mail|maxbulk|turbo[- ]?mailer|"
     r"super ?mailer|easy ?mail ?pro|gammadyne|mailking|advanced mass sender|the bat! ?v?1\.", re.IGNORECASE)
-_HIDDEN = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:px|pt)?\s*[;\"']|"
-    r"color\s*:\s*#?(?:fff(?:fff)?|white)\b[^>]{0,80}background(?:-color)?\s*:\s*#?(?:fff(?:fff)?|white)\b|"
-    r"opacity\s*:\s*0?\.?0\s*[;\"']", re.IGNORECASE)
+_HIDDEN_STYLES = ("display:none", "visibility:hidden", "font-size:0;", "font-size:0px", "font-size:1px",
+                  "font-size:0\"", "opacity:0;", "opacity:0\"", "max-height:0", "mso-hide:all")
 _IMG = re.compile(r"<img\b", re.IGNORECASE)
 _ANCHOR = re.compile(r"<a\b[^>]{0,500}?\bhref\s*=\s*[\"']?([^\"'\s>]{1,2000})[^>]{0,500}>(.{0,300}?)</a\s*>",
                      re.IGNORECASE | re.DOTALL)
@@ -124,23 +153,14 @@ _NOREPLY = re.compile(r"^(?:no-?reply|do-?not-?reply|donotreply|notifications?|a
                       r"postmaster|system|automated|bounces?)\b", re.IGNORECASE)
 _ALERT_WORDS = re.compile(r"\b(?:alert|notification|reminder|security|sign-?in|status|failed|succeeded|"
                           r"has been|new login|warning|digest|report for)\b", re.IGNORECASE)
-_TRANSACTION_WORDS = re.compile(r"\b(?:receipt|order|invoice|shipping|shipped|shipment|delivery|delivered|"
-                                r"payment|paid|confirm(?:ed|ation)?|booking|reservation|tracking|refund|"
-                                r"purchase|subscription renewal|statement)\b", re.IGNORECASE)
 _NUMBER = re.compile(r"#?\d{3,}|[$€£]\s?\d")
 _SOCIAL_DOMAINS = frozenset({"facebook.com", "facebookmail.com", "linkedin.com", "twitter.com", "x.com",
                              "instagram.com", "mastodon.social", "threads.net", "tiktok.com", "reddit.com",
                              "redditmail.com", "pinterest.com", "bsky.app", "discord.com", "youtube.com"})
-_SOCIAL_PHRASES = re.compile(r"\b(?:mentioned you|friend request|tagged you|commented on|new follower|"
-                             r"followed you|follows you|liked your|reacted to|connection request|"
-                             r"invitation to connect|wants to connect|replied to your (?:post|comment|tweet)|"
-                             r"shared a post|endorsed you|viewed your profile)\b", re.IGNORECASE)
-_NEWSLETTER_WORDS = re.compile(r"\b(?:unsubscribe|newsletter|view (?:it )?in (?:your )?browser|"
-                               r"manage (?:your )?(?:preferences|subscription)|weekly|monthly digest)\b",
-                               re.IGNORECASE)
-_URGENT = re.compile(r"\b(?:urgent|urgently|asap|as soon as possible|deadline|today|immediately|"
-                     r"time[- ]sensitive|action required|eod|end of day|critical|right away)\b",
-                     re.IGNORECASE)
+_TRANSACTION_SUBJECT = re.compile(r"\b(?:receipt|order|invoice|shipping|shipped|shipment|delivery|delivered|"
+                                  r"payment|paid|confirm(?:ed|ation)?|booking|reservation|tracking|refund|"
+                                  r"purchase|renewal|statement)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d\d\d|[$€£] ?\d")
 
 
 class MessageView:
@@ -153,6 +173,16 @@ class MessageView:
         self.html = facts.html[:MAX_HTML]
         self.links = facts.links[:MAX_LINKS]
         self.from_domain = domain_of(facts.from_addr)
+        self.header_map: dict[str, str] = {}
+        for name, value in facts.headers[:200]:
+            self.header_map.setdefault(name.lower(), value)
+
+    def header(self, name: str) -> str:
+        """The first header called ``name`` (lower-case), or ""."""
+        return self.header_map.get(name, "")
+
+    def has_header(self, name: str) -> bool:
+        return name in self.header_map
 
     @cached_property
     def link_hosts(self) -> tuple[str, ...]:
@@ -167,12 +197,24 @@ class MessageView:
         return tuple((href, _TAG.sub("", inner).strip()) for href, inner in found)
 
     @cached_property
+    def lower(self) -> str:
+        """Subject and text, lower-cased."""
+        return (self.subject + "\n" + self.text).lower()
+
+    @cached_property
+    def words(self) -> frozenset[str]:
+        return frozenset(self.lower.translate(_PUNCT).split())
+
+    def lexicon(self, lexicon: Lexicon) -> frozenset[str]:
+        return lexicon.hits(self.words, self.lower)
+
+    @cached_property
     def spam_words(self) -> frozenset[str]:
-        return frozenset(m.lower() for m in _SPAM_LEXICON.findall(self.subject + "\n" + self.text))
+        return self.lexicon(SPAM_WORDS)
 
     @cached_property
     def credential_words(self) -> int:
-        return len({m.lower() for m in _CREDENTIAL.findall(self.subject + "\n" + self.text)})
+        return len(self.lexicon(CREDENTIAL_WORDS))
 
     @cached_property
     def local_part(self) -> str:
@@ -204,7 +246,9 @@ def spam_lexicon(v: MessageView) -> float:
 
 
 def money_amounts(v: MessageView) -> float:
-    return float(_MONEY.search(v.subject + "\n" + v.text) is not None)
+    if "million" in v.words or "billion" in v.words:
+        return 1.0
+    return float(any(c in v.lower for c in "$€£") and _MONEY.search(v.lower) is not None)
 
 
 def html_image_only(v: MessageView) -> float:
@@ -212,7 +256,10 @@ def html_image_only(v: MessageView) -> float:
 
 
 def html_hidden_text(v: MessageView) -> float:
-    return float(bool(v.html) and _HIDDEN.search(v.html) is not None)
+    if not v.html:
+        return 0.0
+    css = v.html.lower().replace(" ", "")
+    return float(any(style in css for style in _HIDDEN_STYLES))
 
 
 def many_links_little_text(v: MessageView) -> float:
@@ -226,7 +273,7 @@ def from_name_has_other_addr(v: MessageView) -> float:
 
 
 def missing_date(v: MessageView) -> float:
-    return float(not v.facts.has_header("Date"))
+    return float(not v.has_header("date"))
 
 
 def missing_message_id(v: MessageView) -> float:
@@ -244,7 +291,7 @@ def reply_to_other_domain(v: MessageView) -> float:
 
 
 def bulk_mailer(v: MessageView) -> float:
-    mailer = v.facts.header("X-Mailer")
+    mailer = v.header("x-mailer")
     return float(bool(mailer) and _BULK_MAILERS.search(mailer[:200]) is not None)
 
 
@@ -270,7 +317,7 @@ def no_recipients(v: MessageView) -> float:
 
 
 def is_reply(v: MessageView) -> float:
-    return float(v.facts.has_header("In-Reply-To"))
+    return float(v.has_header("in-reply-to"))
 
 
 SPAM_RULES: tuple[Rule, ...] = (
@@ -280,7 +327,7 @@ SPAM_RULES: tuple[Rule, ...] = (
     ("SPAM_WORDS", 2.4, spam_lexicon),
     ("MONEY_AMOUNT", 0.8, money_amounts),
     ("HTML_IMAGE_ONLY", 1.5, html_image_only),
-    ("HTML_HIDDEN_TEXT", 1.0, html_hidden_text),
+    ("HTML_HIDDEN_TEXT", 0.7, html_hidden_text),
     ("MANY_LINKS_LITTLE_TEXT", 0.8, many_links_little_text),
     ("FROM_NAME_OTHER_ADDR", 1.5, from_name_has_other_addr),
     ("MISSING_DATE", 0.8, missing_date),
@@ -339,6 +386,8 @@ def punycode(v: MessageView) -> float:
 
 def at_in_url(v: MessageView) -> float:
     for url in v.links:
+        if "@" not in url:
+            continue
         try:
             if urlsplit(url.strip()).username is not None:
                 return 1.0
@@ -362,58 +411,60 @@ PHISHING_RULES: tuple[Rule, ...] = (
 
 # --- category predicates ----------------------------------------------------------------------------
 def _header_is(v: MessageView, name: str, *values: str) -> float:
-    return float(v.facts.header(name).strip().lower() in values)
+    return float(v.header(name).strip().lower() in values)
 
 
 CATEGORY_RULES: dict[str, tuple[Rule, ...]] = {
     "newsletter": (
-        ("CAT_LIST_UNSUBSCRIBE", 2.5, lambda v: float(v.facts.has_header("List-Unsubscribe"))),
-        ("CAT_LIST_ID", 1.5, lambda v: float(v.facts.has_header("List-Id"))),
-        ("CAT_PRECEDENCE_BULK", 1.5, lambda v: _header_is(v, "Precedence", "bulk", "list")),
+        ("CAT_LIST_UNSUBSCRIBE", 2.5, lambda v: float(v.has_header("list-unsubscribe"))),
+        ("CAT_LIST_ID", 1.5, lambda v: float(v.has_header("list-id"))),
+        ("CAT_PRECEDENCE_BULK", 1.5, lambda v: _header_is(v, "precedence", "bulk", "list")),
         ("CAT_MANY_LINKS", 1.0, lambda v: float(len(v.links) >= 10)),
-        ("CAT_NEWSLETTER_WORDS", 1.0, lambda v: float(_NEWSLETTER_WORDS.search(v.text) is not None)),
+        ("CAT_NEWSLETTER_WORDS", 1.0, lambda v: float(bool(v.lexicon(NEWSLETTER_WORDS)))),
     ),
     "notification": (
         ("CAT_AUTO_SUBMITTED", 2.5,
-         lambda v: float(v.facts.has_header("Auto-Submitted")
-                         and not _header_is(v, "Auto-Submitted", "no"))),
+         lambda v: float(v.has_header("auto-submitted")
+                         and not _header_is(v, "auto-submitted", "no"))),
         ("CAT_NOREPLY_SENDER", 2.0, lambda v: float(_NOREPLY.match(v.local_part) is not None)),
         ("CAT_ALERT_WORDS", 1.0, lambda v: float(_ALERT_WORDS.search(v.subject) is not None)),
     ),
     "transactional": (
         ("CAT_TRANSACTION_SUBJECT", 3.0,
-         lambda v: float(_TRANSACTION_WORDS.search(v.subject) is not None
+         lambda v: float(_TRANSACTION_SUBJECT.search(v.subject) is not None
                          and _NUMBER.search(v.subject + " " + v.text[:2000]) is not None)),
-        ("CAT_TRANSACTION_TEXT", 1.0, lambda v: float(_TRANSACTION_WORDS.search(v.text[:3000]) is not None)),
+        ("CAT_TRANSACTION_TEXT", 1.0, lambda v: float(bool(v.lexicon(TRANSACTION_WORDS)))),
     ),
     "social": (
         ("CAT_SOCIAL_SENDER", 3.0,
          lambda v: float(registrable(v.from_domain) in _SOCIAL_DOMAINS
                          or v.from_domain.startswith("mastodon."))),
         ("CAT_SOCIAL_PHRASE", 2.0,
-         lambda v: float(_SOCIAL_PHRASES.search(v.subject + "\n" + v.text[:3000]) is not None)),
+         lambda v: float(bool(v.lexicon(SOCIAL_PHRASES)))),
     ),
     "personal": (
         ("CAT_BASE", 1.0, lambda v: 1.0),
-        ("CAT_IN_REPLY_TO", 1.5, lambda v: float(v.facts.has_header("In-Reply-To"))),
+        ("CAT_IN_REPLY_TO", 1.5, lambda v: float(v.has_header("in-reply-to"))),
         ("CAT_DIRECT", 0.5, lambda v: float(0 < len(v.facts.to) <= 3)),
         ("CAT_NOT_AUTOMATED", -1.0,
-         lambda v: float(_NOREPLY.match(v.local_part) is not None or v.facts.has_header("List-Id"))),
+         lambda v: float(_NOREPLY.match(v.local_part) is not None or v.has_header("list-id"))),
     ),
 }
 
 
 # --- priority predicates ----------------------------------------------------------------------------
 def high_priority_header(v: MessageView) -> float:
-    importance = v.facts.header("Importance").strip().lower()
-    priority = v.facts.header("Priority").strip().lower()
-    x_priority = v.facts.header("X-Priority").strip()[:1]
+    importance = v.header("importance").strip().lower()
+    priority = v.header("priority").strip().lower()
+    x_priority = v.header("x-priority").strip()[:1]
     return float(importance == "high" or priority == "urgent" or x_priority in {"1", "2"})
 
 
 PRIORITY_RULES: tuple[Rule, ...] = (
-    ("PRIO_URGENT_SUBJECT", 1.5, lambda v: float(_URGENT.search(v.subject) is not None)),
-    ("PRIO_URGENT_TEXT", 0.8, lambda v: float(_URGENT.search(v.text[:3000]) is not None)),
+    ("PRIO_URGENT_SUBJECT", 1.5,
+     lambda v: float(bool(URGENT_WORDS.hits(frozenset(v.subject.lower().translate(_PUNCT).split()),
+                                             v.subject.lower())))),
+    ("PRIO_URGENT_TEXT", 0.8, lambda v: float(bool(v.lexicon(URGENT_WORDS)))),
     ("PRIO_REPLY", 1.0, is_reply),
     ("PRIO_HEADER_HIGH", 1.5, high_priority_header),
 )
@@ -464,7 +515,9 @@ class RulesClassifier:
         category = max(CATEGORIES, key=lambda c: category_scores[c])
         reasons.extend(tag for tag in fired[category] if tag != "CAT_BASE")
 
-        actions = find_actions(facts.text[:MAX_TEXT], facts.date)
+        # The author's own words, cleaned once for the summary and the action items.
+        body = clean_body(facts.text[:MAX_TEXT], limit=max(ACTION_SCAN, self.summary_limit * 8))
+        actions = actions_in_body(body, facts.date)
         prio_total = score_rules(PRIORITY_RULES, view, reasons)
         if category == "personal" and 0 < len(facts.to) <= 2:
             prio_total += 1.0
@@ -475,7 +528,7 @@ class RulesClassifier:
         priority_score = sigmoid(prio_total - PRIORITY_BIAS)
         if spam_score >= 0.5 or phishing_score >= 0.5 or category == "newsletter":
             priority_score *= 0.2  # never important: bulk and hostile mail do not get to shout
-        summary = summarize_lead(facts.text[:MAX_TEXT], self.summary_limit)
+        summary = lead_of(body, self.summary_limit)
         summary = summary or facts.subject[: self.summary_limit]
         return Verdict(
             spam_score=spam_score,
