@@ -91,7 +91,13 @@ def _fail_missing(tools: list[str]) -> None:
 
 @dataclass
 class Peers:
-    """The running Dovecot + Postfix pair and helpers to look into the mailboxes."""
+    """The running Dovecot + Postfix pair and helpers to look into the mailboxes.
+
+    Timing to expect: a failed AUTH is answered after ~0.5 s (Dovecot flushes failures on a 0.5 s
+    timer even with ``auth_failure_delay = 0``). start.sh turns Dovecot's per-IP auth penalty off, so
+    failed logins in one test do not slow later ones (peers from the reference recipe in
+    /work/shared/peers keep it: 2-15 s after a failure from 127.0.0.1).
+    """
 
     root: Path
     cert: Path
