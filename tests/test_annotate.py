@@ -90,6 +90,15 @@ def test_no_actions_header_without_actions() -> None:
     assert b"X-Gatewayd-Priority: high score=0.800\r\n" in block
 
 
+def test_many_reasons_fold_under_78_chars() -> None:
+    reasons = tuple(f"RULE_NUMBER_{i}_WITH_A_LONG_NAME" for i in range(40))
+    block = verdict_headers(verdict(reasons=reasons), "1", **KW)  # type: ignore[arg-type]
+    assert all(len(line) <= 78 for line in block.split(b"\r\n"))
+    status = email.message_from_bytes(block + b"\r\n")["X-Spam-Status"]
+    tests = "".join(status.split()).split("tests=", 1)[1]
+    assert tests.split(",") == list(reasons)
+
+
 @pytest.mark.parametrize("summary", [
     "Short summary.",
     "Grüße aus München: das Treffen ist verschoben. " * 6,

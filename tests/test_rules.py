@@ -137,6 +137,16 @@ def test_genuine_brand_mail_is_not_phishing() -> None:
     assert verdict.phishing_score < 0.5, verdict.reasons
 
 
+def test_click_tracked_newsletter_is_not_phishing() -> None:
+    html = '<a href="https://click.esp.example/t/abc123">www.shop.example</a> Spring collection.'
+    f = facts(subject="Spring collection", from_addr="news@shop.example", html=html,
+              text="www.shop.example Spring collection.", links=("https://click.esp.example/t/abc123",),
+              extra=(("List-Unsubscribe", "<mailto:u@shop.example>"),))
+    verdict = classify(f)
+    assert "PHISH_LINK_TEXT_MISMATCH" in verdict.reasons
+    assert verdict.phishing_score < 0.5
+
+
 CATEGORY_CASES = [
     ("newsletter", facts(subject="Weekly digest", from_addr="news@shop.example",
                          text="Our best articles. View in browser.",
