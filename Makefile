@@ -5,6 +5,7 @@
 #   make test    installs and starts the real peers (Postfix, Dovecot, smtp-sink, PostgreSQL), runs pytest
 #   make bench   every bench/*.py
 #   make lint    ruff + mypy --strict
+#   make clean   build and tool caches; `make distclean` also removes .venv and ./var
 
 PYTHON ?= python3
 VENV   := .venv
@@ -47,8 +48,9 @@ lint: venv
 	$(BIN)/mypy gatewayd
 
 clean:
-	rm -rf var build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
+# Also the venv and ./var: the spool and database of `make run` (mail not yet delivered is lost).
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) var
