@@ -18,6 +18,7 @@ import contextlib
 import email
 import email.policy
 import fcntl
+import hashlib
 import imaplib
 import os
 import shutil
@@ -249,8 +250,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _live_clients(clients: Path) -> list[Path]:
-    live = []
-    for f in clients.glob("*"):
+    live: list[Path] = []
+    if not clients.is_dir():
+        return live
+    for f in clients.iterdir():
         try:
             os.kill(int(f.name), 0)
             live.append(f)
@@ -278,6 +281,10 @@ def peers() -> Iterator[Peers]:
     with _locked(root.with_name(root.name + ".lock")):
         running = [name for name, port in PEER_PORTS.items() if port_answers(port)]
         ours = (root / MARKER).exists()
+        recipe = hashlib.sha256((PEERS_SCRIPTS / "start.sh").read_bytes()).hexdigest()
+        if ours and running and (root / MARKER).read_text() != recipe and not _live_clients(root / "clients"):
+            _run_script("stop.sh", root)  # started from an older start.sh and nobody uses it: renew
+            running = []
         if running and not ours:
             foreign = _foreign_peers_root()
             if len(running) < len(PEER_PORTS) or foreign is None or not (foreign / "users").exists():
@@ -293,7 +300,7 @@ def peers() -> Iterator[Peers]:
                 _run_script("stop.sh", root)
             (root / MARKER).unlink(missing_ok=True)
             _run_script("start.sh", root)
-            (root / MARKER).touch()
+            (root / MARKER).write_text(recipe)
         if clients is not None and me is not None:
             clients.mkdir(exist_ok=True)
             me.touch()
