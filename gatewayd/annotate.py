@@ -7,8 +7,8 @@ other headers, DKIM-signed bytes) stays byte-identical.
 
 from __future__ import annotations
 
+import base64
 import re
-from email.header import Header
 
 from gatewayd.analysis.facts import Verdict
 
@@ -64,9 +64,34 @@ def _token(value: str, limit: int = 200) -> str:
 
 
 def _encoded(name: str, value: str, linesep: str) -> str:
-    """``name: value`` with the value RFC 2047 encoded and folded so no line exceeds ``MAX_LINE``."""
-    encoded = Header(_plain(value), "utf-8", header_name=name).encode(maxlinelen=76, linesep=linesep)
-    return f"{name}: {encoded}{linesep}"
+    """``name: value`` folded so no line exceeds ``MAX_LINE``: plain ASCII text is folded at spaces; anything
+    else (non-ASCII, "=?", words too long to fold) becomes RFC 2047 base64 encoded-words. Written by hand
+    because ``email.header.Header`` costs ~0.4 ms a call, a tenth of the per-message budget."""
+    text = _plain(value)
+    words = text.split(" ")
+    if text.isascii() and "=?" not in text and max(map(len, words)) <= MAX_LINE - len(name) - 3:
+        lines, current = [], f"{name}:"
+        for word in words:
+            if len(current) + 1 + len(word) > MAX_LINE:
+                lines.append(current)
+                current = ""
+            current += " " + word
+        lines.append(current)
+        return linesep.join(lines) + linesep
+    # Bytes per encoded-word so that "=?utf-8?b?" + base64 + "?=" fits the line it starts on.
+    first = 3 * ((MAX_LINE - len(name) - 2 - 12) // 4)
+    later = 3 * ((MAX_LINE - 1 - 12) // 4)
+    chunks, current, size = [], [], 0
+    for char in text:
+        width = len(char.encode("utf-8"))
+        if size + width > (later if chunks else first) and current:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(char)
+        size += width
+    chunks.append("".join(current))
+    words = [f"=?utf-8?b?{base64.b64encode(c.encode('utf-8')).decode('ascii')}?=" for c in chunks]
+    return f"{name}: " + f"{linesep} ".join(words) + linesep
 
 
 def _fold_list(prefix: str, items: list[str], linesep: str) -> str:
