@@ -70,7 +70,8 @@ def _encoded(name: str, value: str, linesep: str) -> str:
     text = _plain(value)
     words = text.split(" ")
     if text.isascii() and "=?" not in text and max(map(len, words)) <= MAX_LINE - len(name) - 3:
-        lines, current = [], f"{name}:"
+        lines: list[str] = []
+        current = f"{name}:"
         for word in words:
             if len(current) + 1 + len(word) > MAX_LINE:
                 lines.append(current)
@@ -81,15 +82,17 @@ def _encoded(name: str, value: str, linesep: str) -> str:
     # Bytes per encoded-word so that "=?utf-8?b?" + base64 + "?=" fits the line it starts on.
     first = 3 * ((MAX_LINE - len(name) - 2 - 12) // 4)
     later = 3 * ((MAX_LINE - 1 - 12) // 4)
-    chunks, current, size = [], [], 0
+    chunks: list[str] = []
+    pending: list[str] = []
+    size = 0
     for char in text:
-        width = len(char.encode("utf-8"))
-        if size + width > (later if chunks else first) and current:
-            chunks.append("".join(current))
-            current, size = [], 0
-        current.append(char)
+        width = len(char.encode("utf-8", "surrogatepass"))
+        if size + width > (later if chunks else first) and pending:
+            chunks.append("".join(pending))
+            pending, size = [], 0
+        pending.append(char)
         size += width
-    chunks.append("".join(current))
+    chunks.append("".join(pending))
     words = [f"=?utf-8?b?{base64.b64encode(c.encode('utf-8')).decode('ascii')}?=" for c in chunks]
     return f"{name}: " + f"{linesep} ".join(words) + linesep
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from gatewayd.analysis.actions import find_actions
 from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
-from gatewayd.analysis.rules import RulesClassifier, registrable
+from gatewayd.analysis.rules import RulesClassifier
+from gatewayd.analysis.signals import registrable
 from gatewayd.analysis.text import split_sentences, strip_quotes, strip_signature, summarize_lead
 from gatewayd.mime import extract_facts
 

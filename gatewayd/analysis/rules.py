@@ -4,14 +4,13 @@ stands on.
 
 Each rule is a row ``(tag, weight, predicate)`` over a ``MessageView`` (per-message values computed once);
 a score is the logistic of the weights that fired minus a bias. Inputs are bounded (``MAX_TEXT`` characters
-of text, ``MAX_HTML`` of HTML) and all patterns are precompiled and linear, so a message costs microseconds.
+of text, ``MAX_HTML`` of HTML) and all patterns are precompiled and linear; a 10 KB message costs a few
+hundred microseconds. Word lists and patterns live in ``signals``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import re
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -19,6 +18,40 @@ from urllib.parse import urlsplit
 
 from gatewayd.analysis.actions import actions_in_body
 from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
+from gatewayd.analysis.signals import (
+    ALERT_WORDS,
+    ANCHOR,
+    ARCHIVE_EXT,
+    BRAND_RE,
+    BRANDS,
+    BULK_MAILERS,
+    CREDENTIAL_WORDS,
+    DANGEROUS_EXT,
+    DOMAIN_IN_TEXT,
+    EMAIL_IN_TEXT,
+    HIDDEN_STYLES,
+    IMG,
+    LURE_PHRASES,
+    MONEY,
+    NEWSLETTER_WORDS,
+    NOREPLY,
+    NUMBER,
+    SHORTENERS,
+    SOCIAL_DOMAINS,
+    SOCIAL_PHRASES,
+    SPAM_WORDS,
+    TAG,
+    TRANSACTION_SUBJECT,
+    TRANSACTION_WORDS,
+    URGENT_WORDS,
+    Lexicon,
+    domain_of,
+    host_of,
+    is_ip,
+    registrable,
+    sigmoid,
+    words_of,
+)
 from gatewayd.analysis.text import clean_body, lead_of
 
 MAX_TEXT = 20_000
@@ -28,149 +61,6 @@ ACTION_SCAN = 3_000  # characters of the cleaned body searched for action items
 SPAM_BIAS = 3.0
 PHISHING_BIAS = 3.0
 PRIORITY_BIAS = 2.0
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-_SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu", "ne", "or", "go"})
-
-
-def registrable(host: str) -> str:
-    """An approximation of the registrable domain ("mail.example.co.uk" -> "example.co.uk") without a
-    public-suffix list: two labels, three when the second-level label is a common ccTLD second level."""
-    host = host.strip().strip(".").lower()
-    labels = host.split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
-
-
-def domain_of(addr: str) -> str:
-    return addr.rpartition("@")[2].strip().strip(">").lower() if "@" in addr else ""
-
-
-def _host(url: str) -> str:
-    try:
-        parts = urlsplit(url.strip())
-        return (parts.hostname or "").lower()
-    except ValueError:
-        return ""
-
-
-def _is_ip(host: str) -> bool:
-    if not host or not (host[-1].isdigit() or ":" in host):  # a name ends in a TLD, never a digit
-        return False
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host.replace(".", "").isdigit() and host.count(".") == 3  # 0-padded or odd dotted quads
-    return True
-
-
-# --- lexicons ---------------------------------------------------------------------------------------
-_PUNCT = b"!\"#%&()*+,./:;<=>?[\\]^_`{|}~\r\n\t"
-_PUNCT_TABLE = bytes.maketrans(_PUNCT, b" " * len(_PUNCT))
-
-
-def words_of(text: str) -> list[str]:
-    """The words of ``text``: split at whitespace and ASCII punctuation other than ' $ @ - which belong to
-    words here ("don't", "$100", "sign-in"). Done on UTF-8 bytes: str.translate is slow on non-ASCII text."""
-    raw = text.encode("utf-8", "surrogatepass").translate(_PUNCT_TABLE)
-    return raw.decode("utf-8", "surrogatepass").split()
-
-
-class Lexicon:
-    """Words and phrases looked up through the message's word set: a phrase is searched in the text only
-    when its rarest word occurs at all, so a lexicon costs set look-ups, not a scan per entry."""
-
-    def __init__(self, *phrases: str) -> None:
-        self.entries = tuple((max(words_of(p), key=len), p, " " not in p) for p in phrases)
-
-    def hits(self, words: frozenset[str], lower: str) -> frozenset[str]:
-        return frozenset(p for key, p, single in self.entries if key in words and (single or p in lower))
-
-
-SPAM_WORDS = Lexicon(
-    "viagra", "cialis", "lottery", "lotto", "jackpot", "you won", "you've won", "you have won", "winner",
-    "million dollars", "million usd", "inheritance", "beneficiary", "casino", "bitcoin", "cryptocurrency",
-    "investment opportunity", "guaranteed", "risk-free", "risk free", "100% free", "free money", "free gift",
-    "cash bonus", "earn $", "make money", "work from home", "act now", "limited time", "click here",
-    "buy now", "order now", "cheap", "lowest price", "weight loss", "no credit check", "miracle", "nigeria",
-    "nigerian", "wire transfer", "western union", "dear friend", "congratulations", "meet singles",
-    "hot singles", "unsubscribe")
-LURE_PHRASES = Lexicon(
-    "verify your account", "verify your identity", "verify your email", "verify your information",
-    "confirm your account", "confirm your identity", "confirm your password", "confirm your details",
-    "suspended", "suspension", "unusual activity", "unusual sign-in", "update your payment",
-    "update your billing", "update your account", "account will be closed", "account has been disabled",
-    "account has been limited", "validate your", "reset your password", "your account is locked")
-# Words every newsletter and service mail uses; they only add to a lure phrase.
-CREDENTIAL_WORDS = Lexicon("password", "locked", "login", "log in", "sign in", "signin", "sign-in",
-                           "security alert")
-NEWSLETTER_WORDS = Lexicon("unsubscribe", "newsletter", "view in browser", "view it in your browser",
-                           "view in your browser", "manage preferences", "manage your preferences",
-                           "manage your subscription", "monthly digest", "weekly digest")
-TRANSACTION_WORDS = Lexicon("receipt", "order", "invoice", "shipping", "shipped", "shipment", "delivery",
-                            "delivered", "payment", "paid", "confirmation", "confirmed", "booking",
-                            "reservation", "tracking", "refund", "purchase", "statement")
-SOCIAL_PHRASES = Lexicon("mentioned you", "friend request", "tagged you", "commented on", "new follower",
-                         "followed you", "follows you", "liked your", "reacted to", "connection request",
-                         "invitation to connect", "wants to connect", "replied to your", "shared a post",
-                         "endorsed you", "viewed your profile")
-URGENT_WORDS = Lexicon("urgent", "urgently", "asap", "as soon as possible", "deadline", "today",
-                       "immediately", "time-sensitive", "time sensitive", "action required", "eod",
-                       "end of day",
-                       "critical", "right away")
-_MONEY = re.compile(r"[$€£]\s?\d{1,3}(?:[,.]\d{3}){2,}")
-_BULK_MAILERS = re.compile(
-    r"phpmailer|atomic mail|sendblaster|mass ?mail|groupmail|bulk ?mail|maxbulk|turbo[- ]?mailer|"
-    r"super ?mailer|easy ?mail ?pro|gammadyne|mailking|advanced mass sender|the bat! ?v?1\.", re.IGNORECASE)
-_HIDDEN_STYLES = ("display:none", "visibility:hidden", "font-size:0;", "font-size:0px", "font-size:1px",
-                  "font-size:0\"", "opacity:0;", "opacity:0\"", "max-height:0", "mso-hide:all")
-_IMG = re.compile(r"<img\b", re.IGNORECASE)
-_ANCHOR = re.compile(r"<a\b[^>]{0,500}?\bhref\s*=\s*[\"']?([^\"'\s>]{1,2000})[^>]{0,500}>(.{0,300}?)</a\s*>",
-                     re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^>]{0,500}>")
-_DOMAIN_IN_TEXT = re.compile(r"(?:https?://)?((?:[a-z0-9-]{1,63}\.)+[a-z]{2,24})\b", re.IGNORECASE)
-_EMAIL_IN_TEXT = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
-_SHORTENERS = frozenset({"bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly", "rebrand.ly",
-                         "cutt.ly", "shorturl.at", "tiny.cc", "rb.gy", "t.ly", "s.id", "bl.ink", "lnkd.in",
-                         "v.gd", "shorte.st", "adf.ly", "tr.im", "qrco.de"})
-_BRANDS: dict[str, tuple[str, ...]] = {
-    "paypal": ("paypal.com", "paypal.me"),
-    "ebay": ("ebay.com", "ebay.co.uk", "ebay.de"),
-    "apple": ("apple.com", "icloud.com"),
-    "icloud": ("apple.com", "icloud.com"),
-    "microsoft": ("microsoft.com", "outlook.com", "live.com", "office.com", "office365.com"),
-    "office 365": ("microsoft.com", "office.com", "office365.com"),
-    "outlook": ("microsoft.com", "outlook.com", "live.com"),
-    "amazon": ("amazon.com", "amazon.co.uk", "amazon.de", "amazonses.com"),
-    "netflix": ("netflix.com",),
-    "google": ("google.com", "gmail.com"),
-    "docusign": ("docusign.com", "docusign.net"),
-    "dhl": ("dhl.com", "dhl.de"),
-    "fedex": ("fedex.com",),
-}
-_BRAND_RE = re.compile(r"\b(" + "|".join(re.escape(b) for b in _BRANDS) + r"|bank)\b", re.IGNORECASE)
-_DANGEROUS_EXT = frozenset({"exe", "scr", "js", "jse", "vbs", "vbe", "bat", "cmd", "com", "pif", "jar", "iso",
-                            "img", "hta", "wsf", "lnk", "ps1", "msi", "cpl", "reg", "vhd", "one"})
-_ARCHIVE_EXT = frozenset({"zip", "rar", "7z", "gz", "tgz", "ace", "arj", "cab"})
-
-# --- categories ---------------------------------------------------------------------------------------
-_NOREPLY = re.compile(r"^(?:no-?reply|do-?not-?reply|donotreply|notifications?|alerts?|notify|mailer-daemon|"
-                      r"postmaster|system|automated|bounces?)\b", re.IGNORECASE)
-_ALERT_WORDS = re.compile(r"\b(?:alert|notification|reminder|security|sign-?in|status|failed|succeeded|"
-                          r"has been|new login|warning|digest|report for)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"#?\d{3,}|[$€£]\s?\d")
-_SOCIAL_DOMAINS = frozenset({"facebook.com", "facebookmail.com", "linkedin.com", "twitter.com", "x.com",
-                             "instagram.com", "mastodon.social", "threads.net", "tiktok.com", "reddit.com",
-                             "redditmail.com", "pinterest.com", "bsky.app", "discord.com", "youtube.com"})
-_TRANSACTION_SUBJECT = re.compile(r"\b(?:receipt|order|invoice|shipping|shipped|shipment|delivery|delivered|"
-                                  r"payment|paid|confirm(?:ed|ation)?|booking|reservation|tracking|refund|"
-                                  r"purchase|renewal|statement)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"\d\d\d|[$€£] ?\d")
 
 
 class MessageView:
@@ -196,15 +86,15 @@ class MessageView:
 
     @cached_property
     def link_hosts(self) -> tuple[str, ...]:
-        return tuple(h for h in (_host(u) for u in self.links) if h)
+        return tuple(h for h in (host_of(u) for u in self.links) if h)
 
     @cached_property
     def anchors(self) -> tuple[tuple[str, str], ...]:
         """(href, visible text) of the HTML anchors."""
         if "<a" not in self.html and "<A" not in self.html:
             return ()
-        found = _ANCHOR.findall(self.html)[:MAX_LINKS]
-        return tuple((href, _TAG.sub("", inner).strip()) for href, inner in found)
+        found = ANCHOR.findall(self.html)[:MAX_LINKS]
+        return tuple((href, TAG.sub("", inner).strip()) for href, inner in found)
 
     @cached_property
     def lower(self) -> str:
@@ -264,18 +154,18 @@ def spam_lexicon(v: MessageView) -> float:
 def money_amounts(v: MessageView) -> float:
     if "million" in v.words or "billion" in v.words:
         return 1.0
-    return float(any(c in v.lower for c in "$€£") and _MONEY.search(v.lower) is not None)
+    return float(any(c in v.lower for c in "$€£") and MONEY.search(v.lower) is not None)
 
 
 def html_image_only(v: MessageView) -> float:
-    return float(bool(v.html) and _IMG.search(v.html) is not None and len(v.text.strip()) < 100)
+    return float(bool(v.html) and IMG.search(v.html) is not None and len(v.text.strip()) < 100)
 
 
 def html_hidden_text(v: MessageView) -> float:
     if not v.html:
         return 0.0
     css = v.html.lower().replace(" ", "")
-    return float(any(style in css for style in _HIDDEN_STYLES))
+    return float(any(style in css for style in HIDDEN_STYLES))
 
 
 def many_links_little_text(v: MessageView) -> float:
@@ -284,7 +174,7 @@ def many_links_little_text(v: MessageView) -> float:
 
 
 def from_name_has_other_addr(v: MessageView) -> float:
-    m = _EMAIL_IN_TEXT.search(v.facts.from_name)
+    m = EMAIL_IN_TEXT.search(v.facts.from_name)
     return float(m is not None and m.group(0).lower() != v.facts.from_addr)
 
 
@@ -308,17 +198,17 @@ def reply_to_other_domain(v: MessageView) -> float:
 
 def bulk_mailer(v: MessageView) -> float:
     mailer = v.header("x-mailer")
-    return float(bool(mailer) and _BULK_MAILERS.search(mailer[:200]) is not None)
+    return float(bool(mailer) and BULK_MAILERS.search(mailer[:200]) is not None)
 
 
 def suspicious_attachment(v: MessageView) -> float:
     for name in v.facts.attachments[:50]:
         parts = name.lower().strip().rsplit(".", 2)
         ext = parts[-1] if len(parts) > 1 else ""
-        if ext in _DANGEROUS_EXT:
+        if ext in DANGEROUS_EXT:
             return 1.0
         inner = parts[-2] if len(parts) > 2 else ""
-        if ext in _ARCHIVE_EXT and (inner in _DANGEROUS_EXT or "exe" in name.lower()):
+        if ext in ARCHIVE_EXT and (inner in DANGEROUS_EXT or "exe" in name.lower()):
             return 1.0
     return 0.0
 
@@ -364,10 +254,10 @@ SPAM_RULES: tuple[Rule, ...] = (
 # --- phishing predicates --------------------------------------------------------------------------
 def link_text_mismatch(v: MessageView) -> float:
     for href, shown in v.anchors:
-        m = _DOMAIN_IN_TEXT.search(shown)
+        m = DOMAIN_IN_TEXT.search(shown)
         if m is None or "@" in shown:
             continue
-        target = _host(href)
+        target = host_of(href)
         if target and registrable(m.group(1)) != registrable(target):
             # List mail rewrites links for click tracking: half the weight.
             return 0.5 if v.is_list_mail else 1.0
@@ -375,11 +265,11 @@ def link_text_mismatch(v: MessageView) -> float:
 
 
 def ip_url(v: MessageView) -> float:
-    return float(any(_is_ip(h) for h in v.link_hosts))
+    return float(any(is_ip(h) for h in v.link_hosts))
 
 
 def shortener_url(v: MessageView) -> float:
-    return float(any(h in _SHORTENERS or h.removeprefix("www.") in _SHORTENERS for h in v.link_hosts))
+    return float(any(h in SHORTENERS or h.removeprefix("www.") in SHORTENERS for h in v.link_hosts))
 
 
 def credential_lure(v: MessageView) -> float:
@@ -389,12 +279,12 @@ def credential_lure(v: MessageView) -> float:
 
 
 def _foreign_brand(text: str, from_domain: str) -> bool:
-    for m in _BRAND_RE.finditer(text):
+    for m in BRAND_RE.finditer(text):
         brand = m.group(1).lower()
         if brand == "bank":
             if "bank" not in from_domain:
                 return True
-        elif registrable(from_domain) not in _BRANDS[brand] and brand not in from_domain:
+        elif registrable(from_domain) not in BRANDS[brand] and brand not in from_domain:
             return True
     return False
 
@@ -454,18 +344,18 @@ CATEGORY_RULES: dict[str, tuple[Rule, ...]] = {
         ("CAT_AUTO_SUBMITTED", 2.5,
          lambda v: float(v.has_header("auto-submitted")
                          and not _header_is(v, "auto-submitted", "no"))),
-        ("CAT_NOREPLY_SENDER", 2.0, lambda v: float(_NOREPLY.match(v.local_part) is not None)),
-        ("CAT_ALERT_WORDS", 1.0, lambda v: float(_ALERT_WORDS.search(v.subject) is not None)),
+        ("CAT_NOREPLY_SENDER", 2.0, lambda v: float(NOREPLY.match(v.local_part) is not None)),
+        ("CAT_ALERT_WORDS", 1.0, lambda v: float(ALERT_WORDS.search(v.subject) is not None)),
     ),
     "transactional": (
         ("CAT_TRANSACTION_SUBJECT", 3.0,
-         lambda v: float(_TRANSACTION_SUBJECT.search(v.subject) is not None
-                         and _NUMBER.search(v.subject + " " + v.text[:2000]) is not None)),
+         lambda v: float(TRANSACTION_SUBJECT.search(v.subject) is not None
+                         and NUMBER.search(v.subject + " " + v.text[:2000]) is not None)),
         ("CAT_TRANSACTION_TEXT", 1.0, lambda v: float(bool(v.lexicon(TRANSACTION_WORDS)))),
     ),
     "social": (
         ("CAT_SOCIAL_SENDER", 3.0,
-         lambda v: float(registrable(v.from_domain) in _SOCIAL_DOMAINS
+         lambda v: float(registrable(v.from_domain) in SOCIAL_DOMAINS
                          or v.from_domain.startswith("mastodon."))),
         ("CAT_SOCIAL_PHRASE", 2.0,
          lambda v: float(bool(v.lexicon(SOCIAL_PHRASES)))),
@@ -475,7 +365,7 @@ CATEGORY_RULES: dict[str, tuple[Rule, ...]] = {
         ("CAT_IN_REPLY_TO", 1.5, lambda v: float(v.has_header("in-reply-to"))),
         ("CAT_DIRECT", 0.5, lambda v: float(0 < len(v.facts.to) <= 3)),
         ("CAT_NOT_AUTOMATED", -1.0,
-         lambda v: float(_NOREPLY.match(v.local_part) is not None or v.has_header("list-id"))),
+         lambda v: float(NOREPLY.match(v.local_part) is not None or v.has_header("list-id"))),
     ),
 }
 
