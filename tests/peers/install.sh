@@ -6,7 +6,7 @@
 # duration of the install (the tests start private instances on 127.0.0.1 only, see start.sh).
 set -eu
 
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/bin/$1" ]; }
 
 missing=""
 for b in dovecot postfix swaks mbsync smtp-sink curl openssl promtool; do
@@ -59,7 +59,8 @@ apt-get install -y -q --no-install-recommends $pkgs
 # dependencies install ~320 MB of JavaScript for the web UI. Take just the one binary from the
 # .deb (19 MB download, 46 MB on disk) instead of installing the server.
 if ! have promtool; then
-  tmp=$(mktemp -d); chmod 755 "$tmp"   # apt downloads as _apt
+  tmp=$(mktemp -d)
+  chown _apt "$tmp" 2>/dev/null || true   # apt downloads as _apt
   (cd "$tmp" && apt-get download -q prometheus >/dev/null \
      && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool)
   install -m 755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
