@@ -23,10 +23,10 @@ _TRANSACTIONAL = re.compile(
     r"\b(receipt|invoice|order (?:#|no\.?|number|confirmation|confirmed|status)|your order|has shipped|"
     r"shipping confirmation|shipment|tracking number|payment (?:received|confirmation|due)|"
     r"booking (?:confirmation|reference)|reservation (?:confirmation|confirmed)|itinerary|"
-    r"confirmation (?:number|code)|account statement|your statement|billing|subscription renewal|refund)\b",
+    r"confirmation (?:number|code)|statement|billing|trip|e-?ticket|boarding pass|subscription renewal|refund)\b",
     re.I)
 _NOTIFY_LOCAL = re.compile(
-    r"^(?:no-?reply|do-?not-?reply|donotreply|notifications?|notify|alerts?|mailer-daemon|postmaster|daemon|"
+    r"^(?:[\w.-]*[-_.](?:notifications?|alerts?|no-?reply)|no-?reply|do-?not-?reply|donotreply|notifications?|notify|alerts?|mailer-daemon|postmaster|daemon|"
     r"bugzilla|cron|root|jira|github|buildbot|nagios|monitor|system|admin|automated|auto|bounce[s]?|"
     r"updates?|news-?bot)\b", re.I)
 _NOTIFY_SUBJECT = re.compile(
