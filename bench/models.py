@@ -61,8 +61,14 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
 
     facts = load_corpus(corpus, n)
     base_rss = rss_mb()
-    settings = AnalysisSection(classifier="models", models_dir=models_dir, threads=threads, max_batch=32,
-                               batch_wait=0.002, cache_size=0)
+    settings = AnalysisSection(
+        classifier="models",
+        models_dir=models_dir,
+        threads=threads,
+        max_batch=32,
+        batch_wait=0.002,
+        cache_size=0,
+    )
     clf = intel.build_classifier(settings)
     loaded_rss = rss_mb()
     await clf.classify_many(facts[:64])  # warm-up: first-run allocations, lazy init
@@ -74,8 +80,14 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
         stages[v.stage] = stages.get(v.stage, 0) + 1
     await clf.close()
 
-    settings = AnalysisSection(classifier="models", models_dir=models_dir, threads=threads, max_batch=16,
-                               batch_wait=0.002, cache_size=0)
+    settings = AnalysisSection(
+        classifier="models",
+        models_dir=models_dir,
+        threads=threads,
+        max_batch=16,
+        batch_wait=0.002,
+        cache_size=0,
+    )
     clf = intel.build_classifier(settings)
     latencies: list[float] = []
     queue: asyncio.Queue[MessageFacts] = asyncio.Queue()
@@ -95,8 +107,16 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
     await clf.close()
     latencies.sort()
     serial: list[float] = []
-    clf = intel.build_classifier(AnalysisSection(classifier="models", models_dir=models_dir, threads=threads,
-                                                 max_batch=1, batch_wait=0, cache_size=0))
+    clf = intel.build_classifier(
+        AnalysisSection(
+            classifier="models",
+            models_dir=models_dir,
+            threads=threads,
+            max_batch=1,
+            batch_wait=0,
+            cache_size=0,
+        )
+    )
     for f in facts[:200]:
         s = time.perf_counter()
         await clf.classify_many([f])
@@ -104,7 +124,8 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
     await clf.close()
     serial.sort()
     return {
-        "threads": threads, "messages": len(facts),
+        "threads": threads,
+        "messages": len(facts),
         "bulk_msg_per_s": round(len(facts) / bulk_s, 1),
         "concurrent8_msg_per_s": round(len(latencies) / conc_s, 1),
         "concurrent8_p50_ms": round(latencies[len(latencies) // 2], 2),
@@ -112,7 +133,8 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
         "serial_p50_ms": round(serial[len(serial) // 2], 2),
         "serial_p99_ms": round(serial[int(len(serial) * 0.99)], 2),
         "stage_share": {k: round(v / len(verdicts), 3) for k, v in sorted(stages.items())},
-        "rss_mb_corpus": round(base_rss, 1), "rss_mb_models_loaded": round(loaded_rss, 1),
+        "rss_mb_corpus": round(base_rss, 1),
+        "rss_mb_models_loaded": round(loaded_rss, 1),
         "rss_mb_end": round(rss_mb(), 1),
     }
 
@@ -129,9 +151,24 @@ def main() -> None:
         print(json.dumps(asyncio.run(run_one(args.threads[0], Path(args.corpus), args.n, args.models_dir))))
         return
     for threads in args.threads:
-        out = subprocess.run([sys.executable, __file__, "--child", "--threads", str(threads), "--corpus",
-                              args.corpus, "--n", str(args.n), "--models-dir", args.models_dir],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--threads",
+                str(threads),
+                "--corpus",
+                args.corpus,
+                "--n",
+                str(args.n),
+                "--models-dir",
+                args.models_dir,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         print(out.strip())
 
 

@@ -2,7 +2,7 @@
 
 Export-time only (see models/requirements-export.txt): torch (CPU build), transformers, onnx.
 Usage: python models/export_encoder.py [--out models] [--check /tmp/corpora/prepared.pkl]
-Writes models/encoder.int8.onnx and models/tokenizer.json; prints the cosine agreement with the fp32 PyTorch model.
+Writes models/encoder.int8.onnx and models/tokenizer.json; prints the cosine agreement with PyTorch fp32.
 """
 
 from __future__ import annotations
@@ -44,9 +44,14 @@ class _Pooled(torch.nn.Module):
 
 
 def _texts(check: str | None) -> list[str]:
-    base = ["Please send the quarterly report by Friday.", "Your order #1234 has shipped.",
-            "Verify your PayPal account now or it will be suspended.", "Bitte senden Sie mir die Unterlagen.",
-            "会議は明日の午後三時からです。", "Le rapport est en retard, merci de le renvoyer."]
+    base = [
+        "Please send the quarterly report by Friday.",
+        "Your order #1234 has shipped.",
+        "Verify your PayPal account now or it will be suspended.",
+        "Bitte senden Sie mir die Unterlagen.",
+        "会議は明日の午後三時からです。",
+        "Le rapport est en retard, merci de le renvoyer.",
+    ]
     if not check:
         return base
     with open(check, "rb") as fh:
@@ -73,23 +78,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder.fp32.onnx"
         fused = Path(tmp) / "encoder.fused.onnx"
-        torch.onnx.export(model, (ids, mask), str(fp32), opset_version=17, dynamo=False,
-                          input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                                        "embedding": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (ids, mask),
+            str(fp32),
+            opset_version=17,
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "embedding": {0: "batch"},
+            },
+        )
         opt = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=12, hidden_size=384)
         opt.save_model_to_file(str(fused))
         target = out / "encoder.int8.onnx"
-        quantize_dynamic(str(fused), str(target), per_channel=True, weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(fused),
+            str(target),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
-        sessions = {name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                    for name, p in (("fp32_onnx", fp32), ("int8", target))}
+        sessions = {
+            name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            for name, p in (("fp32_onnx", fp32), ("int8", target))
+        }
         texts = _texts(args.check)
         worst = {k: 1.0 for k in sessions}
         sums = {k: 0.0 for k in sessions}
         for i in range(0, len(texts), 16):
-            batch = tok.encode_batch(texts[i:i + 16])
+            batch = tok.encode_batch(texts[i : i + 16])
             bi = np.array([e.ids for e in batch], np.int64)
             bm = np.array([e.attention_mask for e in batch], np.int64)
             with torch.no_grad():
@@ -100,8 +122,10 @@ def main() -> None:
                 worst[name] = min(worst[name], float(cos.min()))
                 sums[name] += float(cos.sum())
         for name in sessions:
-            print(f"{name}: cosine vs PyTorch fp32 over {len(texts)} texts: mean {sums[name] / len(texts):.4f}"
-                  f" worst {worst[name]:.4f}")
+            print(
+                f"{name}: cosine vs PyTorch fp32 over {len(texts)} texts: mean {sums[name] / len(texts):.4f}"
+                f" worst {worst[name]:.4f}"
+            )
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     print(f"{target} {target.stat().st_size} bytes sha256 {digest}")
     if worst["int8"] < 0.97:

@@ -1,6 +1,6 @@
 """Unpack, normalise, de-duplicate, weakly label and split the training corpora (training time only).
 
-Usage: python models/prepare_data.py [--data ../shared/data] [--work /tmp/corpora] [--out /tmp/corpora/prepared.pkl]
+Usage: python models/prepare_data.py [--data ../shared/data] [--work /tmp/corpora] [--out PICKLE]
 
 Produces a pickle of records ``{"facts": MessageFacts, "source", "folder", "split", "spam", "phishing",
 "category", "important"}``. The rules that make the weak labels are in this file and in models/MODEL_CARD.md.
@@ -36,9 +36,22 @@ _SA_QUIRKS = [
     (re.compile(r"slashnull\.org", re.I), "example.net"),
     (re.compile(r"jmason\.org", re.I), "example.net"),
 ]
-_DROP_HEADERS = {"received", "delivered-to", "return-path", "x-spam-status", "x-spam-level", "x-spam-flag",
-                 "x-spam-checker-version", "x-spam-report", "x-spam-score", "x-virus-scanned", "x-loop",
-                 "envelope-to", "x-original-to", "x-fetchmail-warning"}
+_DROP_HEADERS = {
+    "received",
+    "delivered-to",
+    "return-path",
+    "x-spam-status",
+    "x-spam-level",
+    "x-spam-flag",
+    "x-spam-checker-version",
+    "x-spam-report",
+    "x-spam-score",
+    "x-virus-scanned",
+    "x-loop",
+    "envelope-to",
+    "x-original-to",
+    "x-fetchmail-warning",
+}
 _TOKEN = re.compile(r"[a-z]{3,}")
 
 
@@ -49,7 +62,7 @@ def _scrub(value: str) -> str:
 
 
 def normalise(facts: MessageFacts) -> MessageFacts:
-    """Drop transport headers (Received, Delivered-To, spam-filter stamps) and mask corpus-specific addresses."""
+    """Drop transport headers (Received, Delivered-To, spam-filter stamps); mask corpus-specific addresses."""
     headers = tuple((k, _scrub(v)) for k, v in facts.headers if k.lower() not in _DROP_HEADERS)
     return replace(
         facts,
@@ -66,7 +79,7 @@ def normalise(facts: MessageFacts) -> MessageFacts:
 
 
 def body_key(facts: MessageFacts) -> str:
-    """Near-duplicate key: first 60 alphabetic tokens of subject + body, lower-cased (Enron is pre-tokenised)."""
+    """Near-duplicate key: first 60 alphabetic tokens of subject + body, lower-cased (Enron is tokenised)."""
     tokens = _TOKEN.findall((facts.subject + " " + facts.text).lower())[:60]
     return hashlib.sha1(" ".join(tokens).encode()).hexdigest()
 
@@ -74,14 +87,27 @@ def body_key(facts: MessageFacts) -> str:
 def enron_facts(path: Path) -> MessageFacts:
     raw = path.read_text("latin-1")
     first, _, body = raw.partition("\n")
-    subject = first[len("Subject:"):].strip() if first.startswith("Subject:") else ""
+    subject = first[len("Subject:") :].strip() if first.startswith("Subject:") else ""
     date = None
     m = re.match(r"\d+\.(\d{4}-\d{2}-\d{2})\.", path.name)
     if m:
         date = dt.datetime.fromisoformat(m.group(1)).replace(tzinfo=dt.UTC)
-    return MessageFacts(message_id=path.name, subject=subject, from_addr="", from_name="", reply_to="", to=(),
-                        cc=(), date=date, headers=(), text=body, html="", links=(), attachments=(),
-                        size=len(raw))
+    return MessageFacts(
+        message_id=path.name,
+        subject=subject,
+        from_addr="",
+        from_name="",
+        reply_to="",
+        to=(),
+        cc=(),
+        date=date,
+        headers=(),
+        text=body,
+        html="",
+        links=(),
+        attachments=(),
+        size=len(raw),
+    )
 
 
 def _unpack(data: Path, work: Path) -> None:
@@ -123,22 +149,30 @@ def main() -> None:
         for path in sorted((sa / folder).iterdir()):
             facts = normalise(extract_facts(path.read_bytes()))
             spam = folder.startswith("spam")
-            groups[f"sa/{folder}"].append({"facts": facts, "source": "spamassassin", "folder": folder,
-                                           "spam": spam, "phishing": False})
+            groups[f"sa/{folder}"].append(
+                {"facts": facts, "source": "spamassassin", "folder": folder, "spam": spam, "phishing": False}
+            )
     for path in sorted((work / "nazario_phishing").glob("*.mbox")):
         for msg in mailbox.mbox(str(path)):
             facts = normalise(extract_facts(msg.as_bytes()))
-            groups["nazario"].append({"facts": facts, "source": "nazario", "folder": path.name,
-                                      "spam": True, "phishing": True})
+            groups["nazario"].append(
+                {"facts": facts, "source": "nazario", "folder": path.name, "spam": True, "phishing": True}
+            )
     enron = work / "enron_spam"
     for sub in sorted(p for p in enron.iterdir() if p.is_dir()):
         for label in ("ham", "spam"):
             for path in sorted((sub / label).iterdir()):
                 groups[f"enron/{sub.name}/{label}"].append(
-                    {"facts": enron_facts(path), "source": "enron", "folder": f"{sub.name}/{label}",
-                     "spam": label == "spam", "phishing": False})
+                    {
+                        "facts": enron_facts(path),
+                        "source": "enron",
+                        "folder": f"{sub.name}/{label}",
+                        "spam": label == "spam",
+                        "phishing": False,
+                    }
+                )
 
-    # De-duplicate across every set; headered sources first, so the SA original beats Enron's re-processed copy.
+    # De-duplicate across every set; headered sources first: the SA original beats Enron's re-processed copy.
     seen: set[str] = set()
     dropped = collections.Counter()
     order = [k for k in groups if not k.startswith("enron")] + [k for k in groups if k.startswith("enron")]

@@ -1,4 +1,4 @@
-"""Train the encoder-stage heads (logistic regression on MiniLM sentence embeddings) -> models/encoder_heads.npz.
+"""Train the encoder-stage heads (logistic regression on MiniLM embeddings) -> models/encoder_heads.npz.
 
 Training time only (scikit-learn). Needs models/encoder.int8.onnx, models/fast.onnx and the prepared corpus.
 Usage: python models/train_encoder_heads.py [--data /tmp/corpora/prepared.pkl] [--train 5000]
@@ -40,8 +40,12 @@ def main() -> None:
     models = Models.load(MODELS, threads=2, need_heads=False)
     split = np.array([r["split"] for r in records])
     t0 = time.perf_counter()
-    fast = np.concatenate([models.fast_probs([F.featurize(r["facts"]) for r in records[i:i + 256]])
-                           for i in range(0, len(records), 256)])
+    fast = np.concatenate(
+        [
+            models.fast_probs([F.featurize(r["facts"]) for r in records[i : i + 256]])
+            for i in range(0, len(records), 256)
+        ]
+    )
     print(f"fast stage over {len(records)}: {time.perf_counter() - t0:.1f}s")
     unsure = ~models.fast_sure(fast)
     rng = np.random.default_rng(7)
@@ -55,7 +59,7 @@ def main() -> None:
     emb = np.zeros((len(records), 384), np.float32)
     texts = [F.encoder_text(records[i]["facts"]) for i in rows]
     for j in range(0, len(rows), 32):
-        emb[rows[j:j + 32]] = models.embed(texts[j:j + 32])
+        emb[rows[j : j + 32]] = models.embed(texts[j : j + 32])
     print(f"embedded in {time.perf_counter() - t0:.1f}s")
     have = np.zeros(len(records), bool)
     have[rows] = True
@@ -67,8 +71,11 @@ def main() -> None:
     cat = np.array([r["category"] or "" for r in records])
     W = np.zeros((384, 3 + len(CATEGORIES)), np.float32)
     B = np.zeros(3 + len(CATEGORIES), np.float32)
-    for col, y, sel, weight in ((0, spam, train, None), (1, phish, train, "balanced"),
-                                (2, important, train & ~spam, "balanced")):
+    for col, y, sel, weight in (
+        (0, spam, train, None),
+        (1, phish, train, "balanced"),
+        (2, important, train & ~spam, "balanced"),
+    ):
         clf = LogisticRegression(C=4.0, max_iter=1000, class_weight=weight).fit(emb[sel], y[sel])
         W[:, col] = clf.coef_[0]
         B[col] = clf.intercept_[0]
@@ -77,8 +84,12 @@ def main() -> None:
     order = [list(clf.classes_).index(c) for c in CATEGORIES]
     W[:, 3:] = clf.coef_[order].T
     B[3:] = clf.intercept_[order]
-    np.savez(MODELS / "encoder_heads.npz", W=W, b=B, heads=np.array(json.loads((MODELS / "manifest.json")
-                                                                               .read_text())["heads"]))
+    np.savez(
+        MODELS / "encoder_heads.npz",
+        W=W,
+        b=B,
+        heads=np.array(json.loads((MODELS / "manifest.json").read_text())["heads"]),
+    )
     print("wrote", MODELS / "encoder_heads.npz")
 
 

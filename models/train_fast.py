@@ -1,6 +1,6 @@
 """Train the fast stage (hashed n-grams + header facts -> linear heads) and export it as models/fast.onnx.
 
-Training time only (scikit-learn, scipy, onnx: models/requirements-export.txt). Run models/prepare_data.py first.
+Training time only (scikit-learn, scipy, onnx: models/requirements-export.txt); run prepare_data.py first.
 Usage: python models/train_fast.py [--data /tmp/corpora/prepared.pkl] [--out models]
 
 Validation records are split in two by position: "calib" sets thresholds (decision thresholds are baked into
@@ -37,8 +37,11 @@ def featurize_all(records: list[dict]) -> sp.csr_matrix:
         rows.append(np.full(idx.size, i, np.int64))
         cols.append(idx)
         vals.append(val)
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(len(records), F.DIM), dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(records), F.DIM),
+        dtype=np.float32,
+    )
 
 
 def logit(p: float) -> float:
@@ -90,9 +93,12 @@ def export(w: np.ndarray, b: np.ndarray, path: Path) -> None:
         helper.make_node("ReduceSum", ["m", "ax1"], ["s"], keepdims=0),
         helper.make_node("Add", ["s", "b"], ["logits"]),
     ]
-    inits = [numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(b.astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([2], np.int64), "ax2"),
-             numpy_helper.from_array(np.array([1], np.int64), "ax1")]
+    inits = [
+        numpy_helper.from_array(w.astype(np.float32), "W"),
+        numpy_helper.from_array(b.astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+    ]
     graph = helper.make_graph(nodes, "gatewayd_fast", [idx, val], [out], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="gatewayd")
     model.ir_version = 8
@@ -129,8 +135,9 @@ def main() -> None:
     Xc = X[:, :content_cols].tocsr()
     manifest: dict = {"features_version": F.VERSION, "heads": HEADS, "fast": {}}
 
-    def fit_binary(col: int, name: str, Xh: sp.csr_matrix, y: np.ndarray, rows: np.ndarray, C: float,
-                   weight: str | None) -> np.ndarray:
+    def fit_binary(
+        col: int, name: str, Xh: sp.csr_matrix, y: np.ndarray, rows: np.ndarray, C: float, weight: str | None
+    ) -> np.ndarray:
         t = time.perf_counter()
         clf = LogisticRegression(C=C, solver="liblinear", class_weight=weight, max_iter=200)
         clf.fit(Xh[rows & train], y[rows & train])
@@ -182,14 +189,19 @@ def main() -> None:
         manifest = old
     mpath.write_text(json.dumps(manifest, indent=2) + "\n")
     test = (split == "val") & ~calib
-    for name, p, y, rows in (("spam", p_spam, spam, test), ("phishing", p_phish, phish, test),
-                             ("priority", p_prio, important, test & ham)):
+    for name, p, y, rows in (
+        ("spam", p_spam, spam, test),
+        ("phishing", p_phish, phish, test),
+        ("priority", p_prio, important, test & ham),
+    ):
         pred = p[rows] >= 0.5
         yy = y[rows]
         tp = (pred & yy).sum()
         prec = tp / max(pred.sum(), 1)
         rec = tp / max(yy.sum(), 1)
-        print(f"{name}: P {prec:.3f} R {rec:.3f} F1 {2 * prec * rec / max(prec + rec, 1e-9):.3f} n={rows.sum()}")
+        print(
+            f"{name}: P {prec:.3f} R {rec:.3f} F1 {2 * prec * rec / max(prec + rec, 1e-9):.3f} n={rows.sum()}"
+        )
     print("phishing FP rate on ham:", ((p_phish >= 0.5) & test & ham).sum() / (test & ham).sum())
     rows = test & ham & (cat != "")
     print("category accuracy:", cat_ok[rows].mean())

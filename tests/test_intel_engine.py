@@ -23,14 +23,16 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 MESSAGES = [
     b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\nSubject: Re: budget\r\n"
-    b"Date: Wed, 4 Mar 2026 09:00:00 +0000\r\n\r\nBob, could you send me the Q1 figures by Friday?\r\nThanks, Ann\r\n",
+    b"Date: Wed, 4 Mar 2026 09:00:00 +0000\r\n\r\n"
+    b"Bob, could you send me the Q1 figures by Friday?\r\nThanks, Ann\r\n",
     b"From: Shop <no-reply@shop.example>\r\nTo: bob@example.org\r\nSubject: Your order #12345 has shipped\r\n"
     b"\r\nYour order has shipped and will arrive on Monday. Track it at https://shop.example/t/12345\r\n",
     b"From: News <news@list.example>\r\nTo: bob@example.org\r\nSubject: Weekly digest\r\n"
     b"List-Unsubscribe: <mailto:unsub@list.example>\r\nPrecedence: bulk\r\n\r\n"
     b"This week: ten stories about gardening. Click here to unsubscribe.\r\n",
     b"From: PayPal <service@paypa1-secure.example>\r\nTo: bob@example.org\r\nSubject: Account suspended\r\n"
-    b"\r\nDear customer, your account has been limited. Verify your identity at http://192.0.2.7/paypal/login "
+    b"\r\nDear customer, your account has been limited. Verify your identity at "
+    b"http://192.0.2.7/paypal/login "
     b"within 24 hours or it will be closed.\r\n",
     b"From: winner@lotto.example\r\nTo: bob@example.org\r\nSubject: CONGRATULATIONS you WON $1,000,000\r\n"
     b"\r\nClaim your prize now!!! Send your bank details to claim the money. Limited offer, act now.\r\n",
@@ -62,8 +64,13 @@ async def test_batched_equals_single(models: Models) -> None:
         await single.close()
     assert len(many) == len(one) == len(MESSAGES)
     for a, b in zip(many, one, strict=True):
-        assert (a.stage, a.category, a.important, a.summary, a.actions) == (b.stage, b.category, b.important,
-                                                                           b.summary, b.actions)
+        assert (a.stage, a.category, a.important, a.summary, a.actions) == (
+            b.stage,
+            b.category,
+            b.important,
+            b.summary,
+            b.actions,
+        )
         assert a.spam_score == pytest.approx(b.spam_score, abs=1e-4)
         assert a.phishing_score == pytest.approx(b.phishing_score, abs=1e-4)
         assert a.fallback_reason == ""
@@ -94,7 +101,9 @@ async def test_sensible_verdicts(models: Models) -> None:
     finally:
         await clf.close()
     assert v[0].spam_score < 0.5 and v[0].category == "personal"
-    assert v[0].actions and v[0].actions[0].due is not None and v[0].actions[0].due.isoformat() == "2026-03-06"
+    assert (
+        v[0].actions and v[0].actions[0].due is not None and v[0].actions[0].due.isoformat() == "2026-03-06"
+    )
     assert v[2].category == "newsletter" and not v[2].important
     assert v[3].phishing_score >= 0.5
     assert v[4].spam_score >= 0.5
@@ -200,4 +209,4 @@ def test_spam_and_phishing_heads_ignore_list_headers() -> None:
     model = onnx.load(str(MODELS / "fast.onnx"))
     w = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "W")
     assert w.shape[0] == F.DIM
-    assert not np.any(w[F.LIST_START:, :2])
+    assert not np.any(w[F.LIST_START :, :2])

@@ -1,4 +1,4 @@
-"""Summaries and action items from the text a user reads: HTML, quoted replies, signatures, other languages."""
+"""Summaries and action items from the text a user reads: HTML, quoted replies, signatures, languages."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 HTML_ONLY = (
     b"From: Team <team@example.com>\r\nTo: bob@example.org\r\nSubject: Launch plan\r\n"
-    b"Date: Mon, 2 Mar 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
-    b"<html><body><h1>Launch plan</h1><p>The launch moves to <b>next week</b> because the supplier is late.</p>"
+    b"Date: Mon, 2 Mar 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<html><body><h1>Launch plan</h1>"
+    b"<p>The launch moves to <b>next week</b> because the supplier is late.</p>"
     b"<p>Please review the new schedule before 5 March.</p><table><tr><td>Owner</td><td>Ann</td></tr></table>"
-    b"</body></html>\r\n")
+    b"</body></html>\r\n"
+)
 
 REPLY = (
     b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\nSubject: Re: contract\r\n"
@@ -31,15 +34,17 @@ REPLY = (
     b"I will send the final copy to the customer afterwards.\r\n\r\nBest regards,\r\nAnn\r\n--\r\n"
     b"Ann Example | Head of Legal | +1 555 0100\r\n\r\n"
     b"On Tue, 3 Mar 2026 at 17:00, Bob <bob@example.org> wrote:\r\n> Is there any news on the contract?\r\n"
-    b"> SECRET QUOTED TEXT\r\n")
+    b"> SECRET QUOTED TEXT\r\n"
+)
 
 FOREIGN = {
     "de": "Hallo Klaus,\n\nder Bericht ist fertig. Bitte schicke mir die Zahlen bis Freitag. "
-          "Danach können wir den Termin festlegen.\n\nViele Grüße\nAnna",
-    "fr": "Bonjour Marie,\n\nLa réunion est déplacée à jeudi. Merci de confirmer votre présence avant demain. "
-          "Le compte rendu suivra.\n\nCordialement,\nPaul",
+    "Danach können wir den Termin festlegen.\n\nViele Grüße\nAnna",
+    "fr": "Bonjour Marie,\n\nLa réunion est déplacée à jeudi. "
+    "Merci de confirmer votre présence avant demain. "
+    "Le compte rendu suivra.\n\nCordialement,\nPaul",
     "ja": "田中様\n\nお世話になっております。会議は明日の午後三時からです。資料を事前にご確認ください。"
-          "よろしくお願いいたします。",
+    "よろしくお願いいたします。",
 }
 
 
@@ -49,9 +54,11 @@ def models() -> Models:
 
 
 def _mail(body: str, subject: str = "Note") -> bytes:
-    head = (f"From: a@example.com\r\nTo: b@example.org\r\nSubject: {subject}\r\n"
-            "Date: Wed, 4 Mar 2026 09:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+    head = (
+        f"From: a@example.com\r\nTo: b@example.org\r\nSubject: {subject}\r\n"
+        "Date: Wed, 4 Mar 2026 09:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    )
     return head.encode() + body.encode("utf-8")
 
 
@@ -83,7 +90,9 @@ async def test_quoted_reply_and_signature_are_not_summarised(models: Models) -> 
 async def test_non_english_mail(models: Models, lang: str) -> None:
     clf = ModelClassifier(models, fallback=RulesClassifier())
     try:
-        (v,) = await clf.classify_many([extract_facts(_mail(FOREIGN[lang], subject="Bericht / réunion / 会議"))])
+        (v,) = await clf.classify_many(
+            [extract_facts(_mail(FOREIGN[lang], subject="Bericht / réunion / 会議"))]
+        )
     finally:
         await clf.close()
     assert v.summary and len(v.summary) <= 300
@@ -92,8 +101,12 @@ async def test_non_english_mail(models: Models, lang: str) -> None:
 
 
 def test_central_summary_prefers_central_sentences() -> None:
-    sentences = ["The budget review is on Monday.", "Parking is closed.", "Bring the budget numbers to the review.",
-                 "The review covers the budget for Q2."]
+    sentences = [
+        "The budget review is on Monday.",
+        "Parking is closed.",
+        "Bring the budget numbers to the review.",
+        "The review covers the budget for Q2.",
+    ]
     emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.95, 0.05]], np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     out = S.central(sentences, emb)

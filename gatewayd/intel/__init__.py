@@ -24,14 +24,20 @@ def models_dir(settings: AnalysisSection) -> Path:
 
 
 def build_classifier(settings: AnalysisSection, fallback: Classifier | None = None) -> ModelClassifier:
-    """Load the models (raises ``ModelLoadError`` naming the bad file) and wrap them with the rules fallback."""
+    """Load the models (``ModelLoadError`` names a bad file) and wrap them with the rules fallback."""
     models = Models.load(models_dir(settings), threads=settings.threads)
     if fallback is None:
         from gatewayd.analysis.rules import RulesClassifier
 
         fallback = RulesClassifier()
-    return ModelClassifier(models, fallback=fallback, budget=settings.budget, max_batch=settings.max_batch,
-                           batch_wait=settings.batch_wait, cache_size=settings.cache_size)
+    return ModelClassifier(
+        models,
+        fallback=fallback,
+        budget=settings.budget,
+        max_batch=settings.max_batch,
+        batch_wait=settings.batch_wait,
+        cache_size=settings.cache_size,
+    )
 
 
 def check_models(settings: AnalysisSection) -> list[str]:

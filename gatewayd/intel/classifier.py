@@ -19,10 +19,11 @@ from collections import OrderedDict
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 
 from gatewayd import metrics
 from gatewayd.analysis.actions import find_actions
-from gatewayd.analysis.facts import CATEGORIES, Classifier, MessageFacts, Verdict
+from gatewayd.analysis.facts import CATEGORIES, Classifier, MessageFacts, Stage, Verdict
 from gatewayd.intel import features as F
 from gatewayd.intel import summary as S
 from gatewayd.intel.engine import STAGE, Engine, Models
@@ -43,11 +44,20 @@ def _squash(p: float) -> float:
 
 
 def cache_key(facts: MessageFacts) -> bytes:
-    """Identical bulk mail (same sender, subject, body, list headers and date) hashes alike; ids do not count."""
+    """Identical bulk mail (same sender, subject, body, list headers, date) hashes alike; ids do not count."""
     h = hashlib.blake2b(digest_size=16)
-    for part in (facts.from_addr, facts.from_name, facts.reply_to, facts.subject, facts.text, facts.html[:2000],
-                 "\x1f".join(facts.links[:50]), "\x1f".join(facts.attachments),
-                 str(len(facts.to) + len(facts.cc)), facts.date.date().isoformat() if facts.date else ""):
+    for part in (
+        facts.from_addr,
+        facts.from_name,
+        facts.reply_to,
+        facts.subject,
+        facts.text,
+        facts.html[:2000],
+        "\x1f".join(facts.links[:50]),
+        "\x1f".join(facts.attachments),
+        str(len(facts.to) + len(facts.cc)),
+        facts.date.date().isoformat() if facts.date else "",
+    ):
         h.update(part.encode("utf-8", "replace"))
         h.update(b"\x1e")
     for name, value in facts.headers:
@@ -61,9 +71,18 @@ class ModelClassifier:
 
     name = "models"
 
-    def __init__(self, models: Models, *, fallback: Classifier, budget: float = 2.0, max_batch: int = 16,
-                 batch_wait: float = 0.005, cache_size: int = 4096, encoder: bool = True,
-                 summary_encoder: bool = True) -> None:
+    def __init__(
+        self,
+        models: Models,
+        *,
+        fallback: Classifier,
+        budget: float = 2.0,
+        max_batch: int = 16,
+        batch_wait: float = 0.005,
+        cache_size: int = 4096,
+        encoder: bool = True,
+        summary_encoder: bool = True,
+    ) -> None:
         self.models = models
         self.fallback = fallback
         self.budget = budget
@@ -71,11 +90,14 @@ class ModelClassifier:
         self.summary_encoder = summary_encoder
         # Weight of the encoder heads against the fast stage, per head (manifest "encoder_mix"; default 0.5).
         mix = models.manifest.get("encoder_mix", 0.5)
-        self.encoder_mix = np.broadcast_to(np.asarray(mix, np.float32), (len(models.manifest["heads"]),)).copy()
+        self.encoder_mix = np.broadcast_to(
+            np.asarray(mix, np.float32), (len(models.manifest["heads"]),)
+        ).copy()
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, Verdict] = OrderedDict()
-        self.engine: Engine[MessageFacts, Verdict] = Engine(self.analyse_batch, max_batch=max_batch,
-                                                            batch_wait=batch_wait)
+        self.engine: Engine[MessageFacts, Verdict] = Engine(
+            self.analyse_batch, max_batch=max_batch, batch_wait=batch_wait
+        )
 
     # -- the blocking part, run in the engine's executor ------------------------------------------------
     def analyse_batch(self, items: list[MessageFacts], deadlines: list[float]) -> list[Verdict]:
@@ -84,8 +106,11 @@ class ModelClassifier:
         probs = self.models.fast_probs([F.featurize(f) for f in items])
         sure = self.models.fast_sure(probs)
         now = time.monotonic()
-        todo = [i for i in range(len(items))
-                if self.encoder and not sure[i] and deadlines[i] - now > ENCODER_RESERVE]
+        todo = [
+            i
+            for i in range(len(items))
+            if self.encoder and not sure[i] and deadlines[i] - now > ENCODER_RESERVE
+        ]
         if todo:
             emb = self.models.embed_each([F.encoder_text(items[i]) for i in todo])
             mix = self.encoder_mix
@@ -95,7 +120,7 @@ class ModelClassifier:
         escalated = set(todo)
         out = []
         for i, facts in enumerate(items):
-            stage = "encoder" if i in escalated else "fast"
+            stage: Stage = "encoder" if i in escalated else "fast"
             STAGE.labels(stage=stage).inc()
             out.append(self._verdict(facts, probs[i], stage, summaries[i], per_message_ms))
         return out
@@ -117,7 +142,9 @@ class ModelClassifier:
                 out[i] = S.lead(facts.text, facts.subject)
         return out
 
-    def _verdict(self, facts: MessageFacts, p: np.ndarray, stage: str, summary: str, ms: float) -> Verdict:
+    def _verdict(
+        self, facts: MessageFacts, p: npt.NDArray[np.float32], stage: Stage, summary: str, ms: float
+    ) -> Verdict:
         spam, phishing, priority = float(p[0]), float(p[1]), float(p[2])
         if F.english_share(facts.subject + "\n" + facts.text) < NON_ENGLISH_SHARE:
             # Every training ham is English, so wording in another language reads as spam to the models:
@@ -131,9 +158,18 @@ class ModelClassifier:
         actions = find_actions(facts.text[:20_000], facts.date)
         if spam >= 0.5 or phishing >= 0.5 or category == "newsletter":
             priority *= 0.2  # bulk and hostile mail never gets to shout
-        return Verdict(spam_score=spam, phishing_score=phishing, category=category, category_scores=scores,
-                       important=priority >= 0.5, priority_score=priority, summary=summary, actions=actions,
-                       stage=stage, elapsed_ms=ms)  # type: ignore[arg-type]
+        return Verdict(
+            spam_score=spam,
+            phishing_score=phishing,
+            category=category,
+            category_scores=scores,
+            important=priority >= 0.5,
+            priority_score=priority,
+            summary=summary,
+            actions=actions,
+            stage=stage,
+            elapsed_ms=ms,
+        )
 
     # -- the asyncio side ---------------------------------------------------------------------------------
     async def _fallback(self, facts: MessageFacts, reason: str) -> Verdict:

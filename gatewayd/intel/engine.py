@@ -27,14 +27,23 @@ from tokenizers import Tokenizer
 from gatewayd.intel import features as F
 
 INFERENCE_SECONDS = Histogram(
-    "gatewayd_model_inference_seconds", "Time of one model call (a whole batch), by model", ["model"],
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-BATCH_SIZE = Histogram("gatewayd_model_batch_size", "Messages per model batch, by model", ["model"],
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-STAGE = Counter("gatewayd_model_stage", "Messages by the last cascade stage that decided them",
-                ["stage"])  # fast | encoder | cache
-MODEL_FALLBACKS = Counter("gatewayd_model_fallbacks", "Messages the rules answered inside the model classifier",
-                          ["reason"])  # budget | error | closed
+    "gatewayd_model_inference_seconds",
+    "Time of one model call (a whole batch), by model",
+    ["model"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "gatewayd_model_batch_size",
+    "Messages per model batch, by model",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+STAGE = Counter(
+    "gatewayd_model_stage", "Messages by the last cascade stage that decided them", ["stage"]
+)  # fast | encoder | cache
+MODEL_FALLBACKS = Counter(
+    "gatewayd_model_fallbacks", "Messages the rules answered inside the model classifier", ["reason"]
+)  # budget | error | closed
 
 FILES = ("manifest.json", "fast.onnx", "encoder.int8.onnx", "tokenizer.json", "encoder_heads.npz")
 MAX_TOKENS = 128
@@ -194,8 +203,14 @@ class Engine(Generic[T, R]):
     one result per item, in order. The queue is bounded: callers wait for room instead of piling up memory.
     """
 
-    def __init__(self, batch_fn: Callable[[list[T], list[float]], list[R]], *, max_batch: int = 16,
-                 batch_wait: float = 0.005, queue_batches: int = 4) -> None:
+    def __init__(
+        self,
+        batch_fn: Callable[[list[T], list[float]], list[R]],
+        *,
+        max_batch: int = 16,
+        batch_wait: float = 0.005,
+        queue_batches: int = 4,
+    ) -> None:
         self._fn = batch_fn
         self.max_batch = max_batch
         self.batch_wait = batch_wait
@@ -209,11 +224,13 @@ class Engine(Generic[T, R]):
         if self._queue is None:
             self._queue = asyncio.Queue(self._queue_size)
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run(self._queue), name="models-batcher")
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(self._queue), name="models-batcher"
+            )
         return self._queue
 
     async def submit(self, item: T, budget: float) -> asyncio.Future[R]:
-        """Queue ``item``; the returned future resolves to its result. ``budget`` seconds start once queued."""
+        """Queue ``item``; the returned future resolves to its result. The budget starts once queued."""
         if self._closed:
             raise RuntimeError("engine closed")
         queue = self._start()
@@ -250,7 +267,8 @@ class Engine(Generic[T, R]):
                 continue
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self._fn, [r.item for r in batch], [r.deadline for r in batch])
+                    self._executor, self._fn, [r.item for r in batch], [r.deadline for r in batch]
+                )
             except asyncio.CancelledError:
                 for r in batch:
                     if not r.future.done():

@@ -40,8 +40,9 @@ Sparse = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
 def _crc(tokens: list[str], seed: int) -> npt.NDArray[np.uint64]:
-    return np.fromiter((zlib.crc32(t.encode("utf-8", "replace"), seed) for t in tokens), dtype=np.uint64,
-                       count=len(tokens))
+    return np.fromiter(
+        (zlib.crc32(t.encode("utf-8", "replace"), seed) for t in tokens), dtype=np.uint64, count=len(tokens)
+    )
 
 
 def _slot(h: npt.NDArray[np.uint64], size: int) -> npt.NDArray[np.int64]:
@@ -59,7 +60,8 @@ def normalise_text(text: str) -> str:
 
 _ENGLISH = frozenset(
     "the and to of a in is you for that it on this with be are your we have will as at from or not can if "
-    "our by an please i me my all do was so but".split())
+    "our by an please i me my all do was so but".split()
+)
 
 
 def english_share(text: str) -> float:
@@ -120,8 +122,17 @@ def header_tokens(facts: MessageFacts) -> tuple[list[str], list[str]]:
         listy.append("html" if facts.html else "plain")
         if facts.html and len(facts.text) < 40:
             listy.append("html_no_text")
-        for name in ("List-Unsubscribe", "List-Id", "X-Mailing-List", "List-Post", "Auto-Submitted",
-                     "X-Cron-Env", "In-Reply-To", "References", "Feedback-ID"):
+        for name in (
+            "List-Unsubscribe",
+            "List-Id",
+            "X-Mailing-List",
+            "List-Post",
+            "Auto-Submitted",
+            "X-Cron-Env",
+            "In-Reply-To",
+            "References",
+            "Feedback-ID",
+        ):
             if facts.has_header(name):
                 listy.append("has:" + name.lower())
         listy.append("precedence:" + facts.header("Precedence").strip().lower()[:10])
@@ -157,7 +168,9 @@ def pack(rows: list[Sparse]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.floa
     return idx, val
 
 
-ENCODER_CHARS = 1500  # text cut before tokenising: a 14k-character mail costs 9 ms to tokenise whole, 1 ms cut
+ENCODER_CHARS = (
+    1500  # text cut before tokenising: a 14k-character mail costs 9 ms to tokenise whole, 1 ms cut
+)
 
 
 def encoder_text(facts: MessageFacts) -> str:
