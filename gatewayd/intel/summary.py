@@ -13,9 +13,9 @@ import numpy.typing as npt
 from gatewayd.analysis.text import clean_body, split_sentences, summarize_lead, truncate
 
 LIMIT = 300
-MAX_CANDIDATES = 8  # sentences embedded per message: the first ones carry the message, and each costs ~4 ms
+MAX_CANDIDATES = 6  # sentences embedded per message: the first ones carry the message, each costs ~3 ms
 MIN_CHARS = 12
-SENTENCE_TOKENS = 48  # a summary sentence longer than this is ranked by its beginning
+SENTENCE_TOKENS = 32  # a summary sentence longer than this is ranked by its beginning
 POSITION_WEIGHT = 0.15
 
 
