@@ -36,6 +36,8 @@ class ProxyThread:
         pipeline: Any = None,
         ssl_context_factory: Callable[[], ssl.SSLContext | None] = lambda: None,
         throttle: Throttle | None = None,
+        store_factory: Callable[[], Coroutine[Any, Any, Any]] | None = None,
+        first_scan: int | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -46,7 +48,12 @@ class ProxyThread:
                              ssl_context_factory=ssl_context_factory,
                              throttle=throttle or Throttle(delay=0.0))
 
+        if store_factory is not None:
+            store = self.call(store_factory())
+        self.store = store
         self.proxy = self.call(build())
+        if first_scan is not None:
+            self.proxy.watchers.first_scan = first_scan
         servers = self.call(self.proxy.start())
         ports = [s.sockets[0].getsockname()[1] for s in servers]
         n_plain = len(settings.imap.listen)
@@ -76,6 +83,9 @@ class ProxyThread:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.call(self.proxy.shutdown(5))
+        if self.store is not None and hasattr(self.store, "close"):
+            with contextlib.suppress(Exception):
+                self.call(self.store.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         if not self.loop.is_running():

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import imaplib
 import os
+import re
 import shutil
 import smtplib
 import socket
@@ -14,15 +15,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Peers, TlsFiles, free_port
 from imap_helpers import ProxyThread, RawClient, imap_settings
 
+from gatewayd.analysis.pipeline import Pipeline
+from gatewayd.analysis.rules import RulesClassifier
+from gatewayd.ids import new_id
 from gatewayd.imap import capability
+from gatewayd.imap.framing import quote
 from gatewayd.imap.session import Throttle
-from gatewayd.settings import UpstreamIMAP
+from gatewayd.imap.watcher import keywords_for, record_from
+from gatewayd.mime import extract_facts
+from gatewayd.settings import Settings, UpstreamIMAP
+from gatewayd.store.facade import Store
+from gatewayd.store.records import MessageRecord
 
 pytestmark = pytest.mark.peers
 
@@ -35,7 +45,8 @@ def make_proxy(peers: Peers) -> Iterator[Callable[..., ProxyThread]]:
     started: list[ProxyThread] = []
 
     def make(**kw: Any) -> ProxyThread:
-        opts = {k: kw.pop(k) for k in ("store", "pipeline", "ssl_context_factory", "throttle") if k in kw}
+        names = ("store", "pipeline", "ssl_context_factory", "throttle", "store_factory", "first_scan")
+        opts = {k: kw.pop(k) for k in names if k in kw}
         proxy = ProxyThread(imap_settings(peers.imap_port, **kw), **opts)
         started.append(proxy)
         return proxy
@@ -395,3 +406,108 @@ def test_capability_rewrite_table() -> None:
     assert capability.preauth(tls_active=True, starttls_available=True, plaintext_ok=False) == (
         b"IMAP4rev1 LITERAL+ ID IDLE SASL-IR AUTH=PLAIN"
     )
+
+
+# --------------------------------------------------------------------------------------- watcher
+
+
+def _rules_pipeline() -> Pipeline:
+    return Pipeline(RulesClassifier(), fallback=RulesClassifier(), budget=5)
+
+
+def _deliver(peers: Peers, user: str, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", peers.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("sender@example.org", [peers.address(user)], raw)
+
+
+def _wait_for_keyword(raw_client: RawClient, subject: str, keyword: bytes, timeout: float = 30
+                      ) -> list[bytes]:
+    """IDLE until a FETCH shows ``keyword`` on the message with ``subject``; return its flags line."""
+    deadline = time.monotonic() + timeout
+    tag = 0
+    while time.monotonic() < deadline:
+        tag += 1
+        t = b"w%d" % tag
+        raw_client.send(t + b" UID SEARCH SUBJECT " + quote(subject) + b" KEYWORD " + keyword + b"\r\n")
+        lines = raw_client.until_tagged(t)
+        uids = [x for line in lines if line.startswith(b"* SEARCH") for x in line.split()[2:]]
+        if uids:
+            raw_client.send(t + b"f UID FETCH " + uids[0] + b" (FLAGS)\r\n")
+            return raw_client.until_tagged(t + b"f")
+        raw_client.send(t + b"i IDLE\r\n")
+        assert raw_client.line().startswith(b"+ ")
+        while not raw_client.line().startswith(b"* "):  # any change (new mail, flags): look again
+            pass
+        raw_client.send(b"DONE\r\n")
+        raw_client.until_tagged(t + b"i")
+    pytest.fail(f"no {keyword!r} on {subject!r} after {timeout} s")
+
+
+@pytest.fixture
+def watching_proxy(make_proxy: Callable[..., ProxyThread], tmp_path: Path) -> ProxyThread:
+    async def open_store() -> Store:
+        return await Store.open(f"sqlite+aiosqlite:///{tmp_path}/gw.db")
+
+    # The watcher may start after a message just delivered: it looks at the newest ones it has not seen.
+    return make_proxy(watch=True, store_factory=open_store, pipeline=_rules_pipeline(), first_scan=50)
+
+
+def test_watcher_writes_verdict_keywords_and_records_feedback(
+    watching_proxy: ProxyThread, peers: Peers
+) -> None:
+    proxy = watching_proxy
+    store: Store = proxy.store
+    user = "carol" if "carol" in peers.users else "bob"
+    subject = f"Weekly digest {uuid.uuid4().hex}"
+    raw_msg = message(subject, b"Our newsletter this week. View it in your browser. Unsubscribe here.\r\n",
+                      List_Unsubscribe="<mailto:unsubscribe@news.example.org>", Precedence="bulk")
+    expected = keywords_for(record_from(proxy.call(_rules_pipeline().analyse(extract_facts(raw_msg))),
+                                        extract_facts(raw_msg), user, Settings().policy))
+    assert "$gw_newsletter" in expected
+
+    raw_client = RawClient(proxy.port, timeout=30)
+    raw_client.line()
+    raw_client.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
+    raw_client.until_tagged(b"a2")
+    _deliver(peers, user, raw_msg)
+    flags_line = _wait_for_keyword(raw_client, subject, b"$gw_newsletter")[0]
+    flags = set(re.search(rb"FLAGS \(([^)]*)\)", flags_line).group(1).decode().split())  # type: ignore[union-attr]
+    assert set(expected) <= flags and "\\Seen" not in flags  # BODY.PEEK[] left \Seen alone
+
+    message_id = extract_facts(raw_msg).message_id
+    records = proxy.call(store.find_by_message_id(message_id))
+    assert len(records) == 1 and records[0].source == "imap" and records[0].category == "newsletter"
+    uid = int(re.search(rb"UID (\d+)", flags_line).group(1))  # type: ignore[union-attr]
+
+    # The user says "not junk": the watcher sees the flag change and records feedback.
+    raw_client.send(b"s1 UID STORE %d +FLAGS ($NotJunk)\r\n" % uid)
+    raw_client.until_tagged(b"s1")
+    deadline = time.monotonic() + 30
+    while (records[0].id, "not_junk") not in proxy.call(store.feedback_for(user)):
+        assert time.monotonic() < deadline, "no feedback recorded"
+        raw_client.send(b"n1 NOOP\r\n")  # a bounded poll of the store; the watcher is event-driven
+        raw_client.until_tagged(b"n1")
+    raw_client.send(b"z LOGOUT\r\n")
+    raw_client.until_tagged(b"z")
+    raw_client.close()
+
+
+def test_watcher_reuses_the_verdict_recorded_by_the_smtp_path(
+    watching_proxy: ProxyThread, peers: Peers
+) -> None:
+    proxy = watching_proxy
+    user = "carol" if "carol" in peers.users else "bob"
+    subject = f"Plain note {uuid.uuid4().hex}"
+    gw_id = new_id()
+    raw_msg = message(subject, b"see you tomorrow\r\n", X_Gatewayd_Id=gw_id)
+    # As the SMTP path would have recorded it: rules alone would never call this spam.
+    proxy.call(proxy.store.record_messages([MessageRecord(id=gw_id, message_id="", accounts=[user],
+                                                          is_spam=True, spam_score=0.97, subject=subject)]))
+    raw_client = RawClient(proxy.port, timeout=30)
+    raw_client.line()
+    raw_client.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
+    raw_client.until_tagged(b"a2")
+    _deliver(peers, user, raw_msg)
+    flags_line = _wait_for_keyword(raw_client, subject, b"$Junk")[0]
+    assert b"$Junk" in flags_line
+    raw_client.close()

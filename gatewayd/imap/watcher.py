@@ -84,9 +84,10 @@ class Watcher:
 
     def __init__(
         self, account: str, login: str, password: str, cfg: IMAPSection, *, store: Any,
-        pipeline: AnalysisPipeline | None, policy: PolicySection,
+        pipeline: AnalysisPipeline | None, policy: PolicySection, first_scan: int = FIRST_SCAN,
     ) -> None:
         self.account = account.lower()
+        self.first_scan = first_scan
         self._login = login
         self._password = password
         self.cfg = cfg
@@ -98,6 +99,7 @@ class Watcher:
         self.keywords_ok = False
         self._tagged: dict[int, tuple[str, bool]] = {}  # uid -> (gatewayd id, we marked it $Junk)
         self._junk_mailbox: str | None = None
+        self._news = False  # an EXISTS was seen since the last scan began
 
     def __repr__(self) -> str:  # never show the password
         return f"Watcher({self.account!r})"
@@ -135,6 +137,17 @@ class Watcher:
         response = await imap.login(aioimaplib.quoted(self._login), self._password)
         if response.result != "OK":
             raise PermissionError("upstream refused the watcher's login")
+        # aioimaplib drops an untagged EXISTS that arrives during a command other than IDLE/NOOP; a
+        # message delivered while we SEARCH would then wait for the next IDLE renewal. Note them.
+        proto = imap.protocol
+        untagged = proto._untagged_response
+
+        def spy(line: bytes) -> Any:
+            if line.endswith(b" EXISTS"):
+                self._news = True
+            return untagged(line)
+
+        proto._untagged_response = spy
         return imap
 
     async def _watch(self) -> None:
@@ -168,17 +181,21 @@ class Watcher:
                 self.keywords_ok = b"\\*" in m.group(1).split()
         if self.last_uid == 0:
             known = await self.store.max_uid(self.account, MAILBOX, self.uidvalidity) if self.store else 0
-            self.last_uid = known or max(0, uidnext - 1 - FIRST_SCAN)
+            self.last_uid = known or max(0, uidnext - 1 - self.first_scan)
 
     async def _scan(self, imap: aioimaplib.IMAP4) -> None:
-        response = await imap.uid_search(f"UID {self.last_uid + 1}:*", charset=None)
-        uids: list[int] = []
-        for line in response.lines:
-            if isinstance(line, bytes) and line.startswith(b"SEARCH"):
-                uids += [int(x) for x in line.split()[1:] if x.isdigit()]
-        for uid in sorted(u for u in uids if u > self.last_uid):
-            await self._process(imap, uid)
-            self.last_uid = uid
+        while True:
+            self._news = False
+            response = await imap.uid_search(f"UID {self.last_uid + 1}:*", charset=None)
+            uids: list[int] = []
+            for line in response.lines[:-1]:  # aioimaplib drops "* SEARCH"; the last line is the tagged text
+                if isinstance(line, bytes) and not line.endswith((b" EXISTS", b" RECENT", b" EXPUNGE")):
+                    uids += [int(x) for x in line.removeprefix(b"SEARCH").split() if x.isdigit()]
+            for uid in sorted(u for u in uids if u > self.last_uid):
+                await self._process(imap, uid)
+                self.last_uid = uid
+            if not self._news:
+                return
 
     async def _process(self, imap: aioimaplib.IMAP4, uid: int) -> None:
         response = await imap.uid("fetch", str(uid), "(BODY.PEEK[])")
@@ -279,6 +296,8 @@ class Watcher:
             await asyncio.sleep(POLL_INTERVAL)
             await imap.noop()
             return
+        if self._news:
+            return
         idle = await imap.idle_start(timeout=IDLE_RENEW)
         try:
             while imap.has_pending_idle():
@@ -297,8 +316,9 @@ class WatcherPool:
     """Watchers by account: one per account however many sessions it has; master-user ones always on."""
 
     def __init__(self, cfg: IMAPSection, *, store: Any, pipeline: AnalysisPipeline | None,
-                 policy: PolicySection) -> None:
+                 policy: PolicySection, first_scan: int = FIRST_SCAN) -> None:
         self.cfg = cfg
+        self.first_scan = first_scan  # messages already there when an account is first watched
         self.store = store
         self.pipeline = pipeline
         self.policy = policy
@@ -308,7 +328,7 @@ class WatcherPool:
 
     def _start(self, account: str, login: str, password: str) -> None:
         watcher = Watcher(account, login, password, self.cfg, store=self.store, pipeline=self.pipeline,
-                          policy=self.policy)
+                          policy=self.policy, first_scan=self.first_scan)
         self._tasks[account] = asyncio.create_task(watcher.run(), name=f"imap-watch-{account}")
 
     async def start_master(self) -> None:
