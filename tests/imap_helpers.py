@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import threading
@@ -122,3 +123,36 @@ class RawClient:
         with contextlib.suppress(OSError):
             self.file.close()
             self.sock.close()
+
+
+def sample_message(i: int) -> bytes:
+    """The i-th message of a synthetic mailbox: varied sizes, 8-bit text, a few MIME parts."""
+    body = (b"Line %d of a message body, with 8-bit text: caf\xc3\xa9 na\xc3\xafve.\r\n" % i) * (1 + i % 40)
+    if i % 97 == 0:
+        body += b"x" * 200_000 + b"\r\n"  # now and then a large one
+    return (
+        b"From: Sender %d <sender%d@example.org>\r\nTo: alice@mail.test\r\nSubject: message %d\r\n"
+        b"Date: Sat, 21 Nov 2026 12:00:00 +0000\r\nMessage-ID: <m%d.%d@example.org>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+        % (i % 13, i % 13, i, i, os.getpid())
+    ) + body
+
+
+def populate(port: int, user: str, password: str, mailbox: str, count: int, batch: int = 200) -> None:
+    """APPEND ``count`` messages straight to the server, many per command (MULTIAPPEND + LITERAL+)."""
+    conn = RawClient(port, timeout=120)
+    conn.line()
+    conn.send(b'p0 LOGIN "%s" "%s"\r\n' % (user.encode(), password.encode()))
+    assert conn.until_tagged(b"p0")[-1].startswith(b"p0 OK")
+    for start in range(0, count, batch):
+        parts = [b"p%d APPEND %s" % (start + 1, mailbox.encode())]
+        for i in range(start, min(count, start + batch)):
+            flags = b" (\\Seen)" if i % 3 == 0 else b" (\\Flagged $Label1)" if i % 7 == 0 else b""
+            raw = sample_message(i)
+            parts.append(b"%s {%d+}\r\n%s" % (flags, len(raw), raw))
+        conn.send(b"".join(parts) + b"\r\n")
+        reply = conn.until_tagged(b"p%d" % (start + 1))[-1]
+        assert b" OK " in reply, reply
+    conn.send(b"p9 LOGOUT\r\n")
+    conn.close()
