@@ -31,7 +31,6 @@ from gatewayd.intel.labels import header_category
 
 log = logging.getLogger("gatewayd.intel")
 
-NON_ENGLISH_SHARE = 0.12  # English prose scores 0.3-0.5 on ``features.english_share``
 HEADER_PRIOR = 0.6  # weight of the category the headers imply (List-Unsubscribe, social sender, ...)
 ENCODER_RESERVE = 0.05  # seconds a message must have left to be worth sending to the encoder
 _KEY_HEADERS = ("list-unsubscribe", "list-id", "precedence", "auto-submitted", "x-mailing-list")
@@ -146,7 +145,7 @@ class ModelClassifier:
         self, facts: MessageFacts, p: npt.NDArray[np.float32], stage: Stage, summary: str, ms: float
     ) -> Verdict:
         spam, phishing, priority = float(p[0]), float(p[1]), float(p[2])
-        if F.english_share(facts.subject + "\n" + facts.text) < NON_ENGLISH_SHARE:
+        if F.looks_foreign(facts.subject + "\n" + facts.text):
             # Every training ham is English, so wording in another language reads as spam to the models:
             # discount that evidence rather than junk legitimate foreign mail (strong spam stays spam).
             spam = _squash(spam)
