@@ -80,7 +80,8 @@ class Framer:
     def __init__(self, *, max_line: int = MAX_LINE, max_literal: int = MAX_LITERAL) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
-        self._buf = bytearray()
+        self._buf = b""  # unparsed input starts at self._pos: one copy per feed, none per event
+        self._pos = 0
         self._literal = 0  # literal bytes still expected
         self._first = True  # the next line starts a new command/response
         self._skipping: bytes | None = None  # head of an overlong line being discarded
@@ -97,16 +98,22 @@ class Framer:
     @property
     def at_boundary(self) -> bool:
         """True between commands (nothing partial buffered or pending)."""
-        return self._first and not self._literal and not self._buf and self._skipping is None
+        return (self._first and not self._literal and self._pos >= len(self._buf)
+                and self._skipping is None)
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        if self._pos >= len(self._buf):
+            self._buf = bytes(data)
+            self._scan = 0
+        else:
+            self._buf = self._buf[self._pos :] + data
+            self._scan -= self._pos
+        self._pos = 0
 
     def take_buffer(self) -> bytes:
         """Remove and return whatever is buffered unparsed (used after STARTTLS to drop injected bytes)."""
-        data = bytes(self._buf)
-        self._buf.clear()
-        self._scan = 0
+        data = self._buf[self._pos :]
+        self._buf, self._pos, self._scan = b"", 0, 0
         return data
 
     def cancel_literal(self) -> None:
@@ -115,26 +122,26 @@ class Framer:
         self._first = True
 
     def next_event(self) -> Event | None:
-        buf = self._buf
+        buf, pos = self._buf, self._pos
         if self._literal:
-            if not buf:
+            if pos >= len(buf):
                 return None
-            n = min(self._literal, len(buf))
-            data = bytes(buf[:n])
-            del buf[:n]
-            self._literal -= n
+            end = min(pos + self._literal, len(buf))
+            data = buf[pos:end]
+            self._pos = end
+            self._literal -= end - pos
             return LiteralChunk(data, self._literal == 0)
-        end = buf.find(b"\n", self._scan)
+        end = buf.find(b"\n", max(pos, self._scan))
         if end < 0:
-            if self._skipping is not None or len(buf) > self.max_line:
+            if self._skipping is not None or len(buf) - pos > self.max_line:
                 if self._skipping is None:
-                    self._skipping = bytes(buf[:64])
-                buf.clear()
-            self._scan = len(buf)
+                    self._skipping = buf[pos : pos + 64]
+                self._buf, self._pos, self._scan = b"", 0, 0
+            else:
+                self._scan = len(buf)
             return None
-        self._scan = 0
-        data = bytes(buf[: end + 1])
-        del buf[: end + 1]
+        data = buf[pos : end + 1]
+        self._pos = end + 1
         first = self._first
         if self._skipping is not None or len(data) > self.max_line:
             head = self._skipping if self._skipping is not None else data[:64]

@@ -126,6 +126,7 @@ class Session:
         self._pending: asyncio.Future[bool] | None = None  # upstream's answer to a synchronising literal
         self._pending_tag = b""
         self._to_client_boundary = True  # no upstream response half-relayed: a BYE may be inserted
+        self._deferred: list[bytes] = []  # our own replies waiting for such a boundary
         self.closing = False
 
     def _log(self, msg: str, *args: object, level: int = logging.INFO) -> None:
@@ -406,13 +407,24 @@ class Session:
             if exc is not None and not isinstance(exc, ClientGone | ConnectionError | ssl.SSLError):
                 raise exc
 
+    def _say(self, data: bytes) -> None:
+        """Send our own reply to the client between two upstream responses, never inside one."""
+        if self._to_client_boundary:
+            self.writer.write(data)
+        else:
+            self._deferred.append(data)
+
     async def _client_to_upstream(self, up: upstream.Upstream) -> None:
         out = up.writer
         sent = metrics.BYTES.labels("client_to_upstream")
         framer = self.framer
+        chunks: list[bytes] = []  # one write per read: a syscall per IMAP line would dominate
         while True:
             event = framer.next_event()
             if event is None:
+                if chunks:
+                    out.write(b"".join(chunks))
+                    chunks.clear()
                 await out.drain()
                 try:
                     data = await self._read()
@@ -424,26 +436,26 @@ class Session:
                 framer.feed(data)
                 continue
             if isinstance(event, LiteralChunk):
-                out.write(event.data)
+                chunks.append(event.data)
                 continue
             if isinstance(event, TooLong):
                 if event.first:
                     tag, _ = tag_and_command(event.head)
-                    await self._reply(tag, b"BAD Line too long")
+                    self._say((tag or b"*") + b" BAD Line too long\r\n")
                 else:
-                    out.write(b"\r\n")  # end the half-sent command; the upstream answers BAD
+                    chunks.append(b"\r\n")  # end the half-sent command; the upstream answers BAD
                 continue
             if event.first:
                 tag, name = tag_and_command(event.data)
                 metrics.COMMANDS.labels(metrics.command_label(name)).inc()
                 if name in _BLOCKED and event.literal is None:
-                    await self._reply(tag, _BLOCKED[name])
+                    self._say(tag + b" " + _BLOCKED[name] + b"\r\n")
                     continue
-                if name == "LOGOUT":
-                    self._log("logout user=%s", self.user)
                 self._pending_tag = tag
-            out.write(event.data)
+            chunks.append(event.data)
             if event.literal is not None and event.literal.sync:
+                out.write(b"".join(chunks))
+                chunks.clear()
                 self._pending = asyncio.get_running_loop().create_future()
                 await out.drain()
                 go_on = await self._pending
@@ -455,10 +467,17 @@ class Session:
         out = self.writer
         received = metrics.BYTES.labels("upstream_to_client")
         framer = up.framer
+        chunks: list[bytes] = []
         while True:
             event = framer.next_event()
             if event is None:
+                if chunks:
+                    out.write(b"".join(chunks))
+                    chunks.clear()
                 self._to_client_boundary = framer.at_boundary
+                if self._to_client_boundary and self._deferred:
+                    out.write(b"".join(self._deferred))
+                    self._deferred.clear()
                 await out.drain()
                 data = await up.reader.read(READ_SIZE)
                 if not data:
@@ -466,11 +485,12 @@ class Session:
                         with contextlib.suppress(Exception):
                             await self._send(b"* BYE Upstream server closed the connection\r\n")
                     return
+                self._to_client_boundary = False
                 received.inc(len(data))
                 framer.feed(data)
                 continue
             if isinstance(event, LiteralChunk):
-                out.write(event.data)
+                chunks.append(event.data)
                 continue
             if isinstance(event, TooLong):
                 metrics.UPSTREAM_ERRORS.labels("protocol").inc()
@@ -486,7 +506,7 @@ class Session:
                         pending.set_result(False)
                 if capability.mentions_capability(data):
                     data = capability.rewrite(data)
-            out.write(data)
+            chunks.append(data)
 
     def shutdown(self) -> None:
         """Ask the session to end: the caller cancels its task, which sends ``* BYE`` when it can."""
