@@ -5,8 +5,9 @@ Usage: .venv/bin/python bench/models.py [--corpus /tmp/corpora] [--n 2000] [--th
 The corpus is a mix of raw messages: SpamAssassin ham/spam, Nazario phishing and Enron bodies as unpacked by
 models/prepare_data.py (any folder of RFC 822 files works). Parsing is done before timing. Each thread count
 runs in its own process so RSS is measured with only that configuration loaded.
-Throughput: one ``classify_many`` of all messages (the CLI's path), cache off. Latency: 8 concurrent
-senders, one message per call (the SMTP path), cache off; latency = call to verdict.
+Throughput: one ``classify_many`` of all messages (the CLI's path), cache off. Latency (call to verdict, one
+message per call as on the SMTP path, cache off): 8 closed-loop senders (saturation), an open loop at
+``--rate`` msg/s (the target load), and serial calls.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def load_corpus(root: Path, n: int) -> list[MessageFacts]:
     return [extract_facts(r) for r in raws[:n]]
 
 
-async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[str, object]:
+async def run_one(threads: int, corpus: Path, n: int, models_dir: str, rate: float) -> dict[str, object]:
     from gatewayd import intel
     from gatewayd.settings import AnalysisSection
 
@@ -106,6 +107,20 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
     conc_s = time.perf_counter() - t0
     await clf.close()
     latencies.sort()
+    # Open loop at the target rate: one message every 1/rate s, whatever the previous ones are doing.
+    clf = intel.build_classifier(settings)
+    arrivals: list[float] = []
+    start = time.perf_counter()
+
+    async def arrive(k: int, f: MessageFacts) -> None:
+        await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
+        s = time.perf_counter()
+        await clf.classify_many([f])
+        arrivals.append((time.perf_counter() - s) * 1000)
+
+    await asyncio.gather(*(arrive(k, f) for k, f in enumerate(facts[: min(n, int(rate * 8))])))
+    await clf.close()
+    arrivals.sort()
     serial: list[float] = []
     clf = intel.build_classifier(
         AnalysisSection(
@@ -130,6 +145,8 @@ async def run_one(threads: int, corpus: Path, n: int, models_dir: str) -> dict[s
         "concurrent8_msg_per_s": round(len(latencies) / conc_s, 1),
         "concurrent8_p50_ms": round(latencies[len(latencies) // 2], 2),
         "concurrent8_p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+        f"open{rate:.0f}_p50_ms": round(arrivals[len(arrivals) // 2], 2),
+        f"open{rate:.0f}_p99_ms": round(arrivals[int(len(arrivals) * 0.99)], 2),
         "serial_p50_ms": round(serial[len(serial) // 2], 2),
         "serial_p99_ms": round(serial[int(len(serial) * 0.99)], 2),
         "stage_share": {k: round(v / len(verdicts), 3) for k, v in sorted(stages.items())},
@@ -145,10 +162,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models-dir", default="")
+    ap.add_argument("--rate", type=float, default=150.0, help="arrival rate of the open-loop latency run")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(run_one(args.threads[0], Path(args.corpus), args.n, args.models_dir))))
+        print(
+            json.dumps(
+                asyncio.run(run_one(args.threads[0], Path(args.corpus), args.n, args.models_dir, args.rate))
+            )
+        )
         return
     for threads in args.threads:
         out = subprocess.run(

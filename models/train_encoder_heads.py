@@ -84,6 +84,23 @@ def main() -> None:
     order = [list(clf.classes_).index(c) for c in CATEGORIES]
     W[:, 3:] = clf.coef_[order].T
     B[3:] = clf.intercept_[order]
+    # How much the encoder heads count against the fast stage for unsure mail: best F1 on the calib half.
+    val_pos = np.cumsum(split == "val")
+    calib = (split == "val") & (val_pos % 2 == 0) & unsure
+    enc = 1 / (1 + np.exp(-(emb @ W + B)))
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    mix = [0.5] * W.shape[1]
+    for col, y in ((0, spam), (1, phish)):
+        best = -1.0
+        for w in (0.25, 0.5, 0.75, 1.0):
+            pred = ((1 - w) * fast[:, col] + w * enc[:, col]) >= 0.5
+            tp = (pred & y)[calib].sum()
+            f1 = 2 * tp / max(pred[calib].sum() + y[calib].sum(), 1)
+            if f1 > best:
+                best, mix[col] = f1, w
+    manifest["encoder_mix"] = mix
+    (MODELS / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print("encoder_mix", mix)
     np.savez(
         MODELS / "encoder_heads.npz",
         W=W,

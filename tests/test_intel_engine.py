@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from gatewayd.analysis.facts import MessageFacts
 from gatewayd.analysis.rules import RulesClassifier
 from gatewayd.intel import features as F
 from gatewayd.intel.classifier import ModelClassifier
-from gatewayd.intel.engine import Engine, ModelLoadError, Models
+from gatewayd.intel.engine import Emit, Engine, ModelLoadError, Models
 from gatewayd.mime import extract_facts
 from gatewayd.settings import AnalysisSection
 
@@ -81,9 +82,9 @@ async def test_concurrent_callers_share_batches(models: Models) -> None:
     sizes: list[int] = []
     real = clf.analyse_batch
 
-    def spy(items: list[MessageFacts], deadlines: list[float]) -> list:  # type: ignore[type-arg]
+    def spy(items: list[MessageFacts], deadlines: list[float], emit: Emit) -> list:  # type: ignore[type-arg]
         sizes.append(len(items))
-        return real(items, deadlines)
+        return real(items, deadlines, emit)
 
     clf.engine = Engine(spy, max_batch=8, batch_wait=0.05)
     try:
@@ -113,7 +114,7 @@ async def test_sensible_verdicts(models: Models) -> None:
 async def test_budget_exceeded_falls_back_to_rules(models: Models) -> None:
     clf = ModelClassifier(models, fallback=RulesClassifier(), budget=0.01, cache_size=0)
 
-    def slow(items: list[MessageFacts], deadlines: list[float]) -> list:  # type: ignore[type-arg]
+    def slow(items: list[MessageFacts], deadlines: list[float], emit: Emit) -> list:  # type: ignore[type-arg]
         import time
 
         time.sleep(0.1)
@@ -133,7 +134,7 @@ async def test_budget_exceeded_falls_back_to_rules(models: Models) -> None:
 async def test_model_error_falls_back_per_message(models: Models) -> None:
     clf = ModelClassifier(models, fallback=RulesClassifier(), cache_size=0)
 
-    def broken(items: list[MessageFacts], deadlines: list[float]) -> list:  # type: ignore[type-arg]
+    def broken(items: list[MessageFacts], deadlines: list[float], emit: Emit) -> list:  # type: ignore[type-arg]
         raise RuntimeError("onnxruntime exploded")
 
     clf.engine = Engine(broken)
@@ -151,9 +152,9 @@ async def test_cache_hit_skips_the_models(models: Models) -> None:
     calls: list[int] = []
     real = clf.analyse_batch
 
-    def spy(items: list[MessageFacts], deadlines: list[float]) -> list:  # type: ignore[type-arg]
+    def spy(items: list[MessageFacts], deadlines: list[float], emit: Emit) -> list:  # type: ignore[type-arg]
         calls.append(len(items))
-        return real(items, deadlines)
+        return real(items, deadlines, emit)
 
     clf.engine = Engine(spy)
     bulk = facts_list()[2]
@@ -210,3 +211,22 @@ def test_spam_and_phishing_heads_ignore_list_headers() -> None:
     w = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "W")
     assert w.shape[0] == F.DIM
     assert not np.any(w[F.LIST_START :, :2])
+
+
+@pytest.mark.parametrize("band", [None, [0.0, 1.01]])
+def test_fast_answers_are_emitted_before_the_encoder_runs(models: Models, band: list[float] | None) -> None:
+    if band is not None:  # every message unsure: all go to the encoder
+        models = replace(
+            models, manifest={**models.manifest, "fast": {**models.manifest["fast"], "spam_band": band}}
+        )
+    clf = ModelClassifier(models, fallback=RulesClassifier(), cache_size=0)
+    emitted: list[tuple[int, str]] = []
+    verdicts = clf.analyse_batch(
+        facts_list(), [float("inf")] * len(MESSAGES), lambda i, v: emitted.append((i, v.stage))
+    )
+    assert sorted(i for i, _ in emitted) == list(range(len(MESSAGES)))
+    stages = [s for _, s in emitted]
+    assert stages == sorted(stages, key=lambda s: s != "fast")  # every fast answer before any encoder answer
+    assert [v.stage for v in verdicts] == [dict(emitted)[i] for i in range(len(MESSAGES))]
+    if band is not None:
+        assert set(stages) == {"encoder"}

@@ -26,7 +26,7 @@ from gatewayd.analysis.actions import find_actions
 from gatewayd.analysis.facts import CATEGORIES, Classifier, MessageFacts, Stage, Verdict
 from gatewayd.intel import features as F
 from gatewayd.intel import summary as S
-from gatewayd.intel.engine import STAGE, Engine, Models
+from gatewayd.intel.engine import STAGE, Emit, Engine, Models
 from gatewayd.intel.labels import header_category
 
 log = logging.getLogger("gatewayd.intel")
@@ -99,8 +99,14 @@ class ModelClassifier:
         )
 
     # -- the blocking part, run in the engine's executor ------------------------------------------------
-    def analyse_batch(self, items: list[MessageFacts], deadlines: list[float]) -> list[Verdict]:
-        """Verdicts for a batch (blocking; in the executor). Deadlines are ``time.monotonic()`` values."""
+    def analyse_batch(
+        self, items: list[MessageFacts], deadlines: list[float], emit: Emit | None = None
+    ) -> list[Verdict]:
+        """Verdicts for a batch (blocking; in the executor). Deadlines are ``time.monotonic()`` values.
+
+        Messages the fast stage decides are handed to ``emit(index, verdict)`` at once, so they never wait
+        behind the encoder; the unsure ones follow one by one as the encoder finishes each.
+        """
         started = time.perf_counter()
         probs = self.models.fast_probs([F.featurize(f) for f in items])
         sure = self.models.fast_sure(probs)
@@ -110,36 +116,37 @@ class ModelClassifier:
             for i in range(len(items))
             if self.encoder and not sure[i] and deadlines[i] - now > ENCODER_RESERVE
         ]
-        if todo:
-            emb = self.models.embed_each([F.encoder_text(items[i]) for i in todo])
-            mix = self.encoder_mix
-            probs[todo] = (1 - mix) * probs[todo] + mix * self.models.encoder_probs(emb)
-        summaries = self._summaries(items, todo, deadlines)
-        per_message_ms = (time.perf_counter() - started) * 1000.0 / len(items)
         escalated = set(todo)
-        out = []
+        out: list[Verdict | None] = [None] * len(items)
+        fast_ms = (time.perf_counter() - started) * 1000.0 / len(items)
         for i, facts in enumerate(items):
-            stage: Stage = "encoder" if i in escalated else "fast"
-            STAGE.labels(stage=stage).inc()
-            out.append(self._verdict(facts, probs[i], stage, summaries[i], per_message_ms))
-        return out
+            if i not in escalated:
+                STAGE.labels(stage="fast").inc()
+                summary = S.lead(facts.text, facts.subject)
+                out[i] = self._verdict(facts, probs[i], "fast", summary, fast_ms)
+                if emit is not None:
+                    emit(i, out[i])
+        mix = self.encoder_mix
+        for i in todo:
+            t0 = time.perf_counter()
+            facts = items[i]
+            emb = self.models.embed([F.encoder_text(facts)])  # one call per message: see Models.embed_each
+            p = (1 - mix) * probs[i] + mix * self.models.encoder_probs(emb)[0]
+            STAGE.labels(stage="encoder").inc()
+            summary = self._summary(facts, deadlines[i])
+            ms = fast_ms + (time.perf_counter() - t0) * 1000.0
+            out[i] = self._verdict(facts, p, "encoder", summary, ms)
+            if emit is not None:
+                emit(i, out[i])
+        return [v for v in out if v is not None]
 
-    def _summaries(self, items: list[MessageFacts], todo: list[int], deadlines: list[float]) -> list[str]:
-        out = [""] * len(items)
-        sentences: dict[int, list[str]] = {}
-        now = time.monotonic()
-        if self.summary_encoder:
-            for i in todo:
-                if deadlines[i] - now > ENCODER_RESERVE:
-                    cands = S.candidates(items[i].text)
-                    if len(cands) > 2:
-                        sentences[i] = cands
-        for i, cands in sentences.items():  # one call per message: see Models.embed_each
-            out[i] = S.central(cands, self.models.embed(cands, max_tokens=S.SENTENCE_TOKENS))
-        for i, facts in enumerate(items):
-            if not out[i]:
-                out[i] = S.lead(facts.text, facts.subject)
-        return out
+    def _summary(self, facts: MessageFacts, deadline: float) -> str:
+        """Embedding centrality when the budget still has room, lead sentences otherwise."""
+        if self.summary_encoder and deadline - time.monotonic() > ENCODER_RESERVE:
+            cands = S.candidates(facts.text)
+            if len(cands) > 2:
+                return S.central(cands, self.models.embed(cands, max_tokens=S.SENTENCE_TOKENS))
+        return S.lead(facts.text, facts.subject)
 
     def _verdict(
         self, facts: MessageFacts, p: npt.NDArray[np.float32], stage: Stage, summary: str, ms: float

@@ -187,6 +187,7 @@ class Models:
 
 T = TypeVar("T")
 R = TypeVar("R")
+Emit = Callable[[int, Any], None]  # early delivery of one result of a batch: (index in the batch, result)
 
 
 @dataclass
@@ -197,15 +198,17 @@ class _Request(Generic[T, R]):
 
 
 class Engine(Generic[T, R]):
-    """Micro-batches ``item``s from concurrent callers into calls of ``batch_fn(items, deadlines)``.
+    """Micro-batches ``item``s from concurrent callers into calls of ``batch_fn(items, deadlines, emit)``.
 
-    ``batch_fn`` runs in a single-thread executor (onnxruntime uses its own intra-op threads) and must return
-    one result per item, in order. The queue is bounded: callers wait for room instead of piling up memory.
+    ``batch_fn`` runs in a single-thread executor (onnxruntime uses its own intra-op threads) and returns one
+    result per item, in order; it may hand results over earlier with ``emit(index, result)`` (the cascade's
+    fast-stage answers do not wait for the encoder). The queue is bounded: callers wait for room instead of
+    piling up memory.
     """
 
     def __init__(
         self,
-        batch_fn: Callable[[list[T], list[float]], list[R]],
+        batch_fn: Callable[[list[T], list[float], Emit], list[R]],
         *,
         max_batch: int = 16,
         batch_wait: float = 0.005,
@@ -265,9 +268,18 @@ class Engine(Generic[T, R]):
             batch = [r for r in await self._collect(queue) if not r.future.done()]
             if not batch:
                 continue
+
+            def deliver(index: int, result: R, batch: list[_Request[T, R]] = batch) -> None:
+                future = batch[index].future
+                if not future.done():
+                    future.set_result(result)
+
+            def emit(index: int, result: R, deliver: Callable[[int, R], None] = deliver) -> None:
+                loop.call_soon_threadsafe(deliver, index, result)
+
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self._fn, [r.item for r in batch], [r.deadline for r in batch]
+                    self._executor, self._fn, [r.item for r in batch], [r.deadline for r in batch], emit
                 )
             except asyncio.CancelledError:
                 for r in batch:
