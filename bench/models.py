@@ -186,6 +186,8 @@ def main() -> None:
                 str(args.n),
                 "--models-dir",
                 args.models_dir,
+                "--rate",
+                str(args.rate),
             ],
             check=True,
             capture_output=True,
