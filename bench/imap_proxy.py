@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import statistics
 import subprocess
@@ -74,7 +73,8 @@ def mbsync_once(port: int, mailbox: str, workdir: Path) -> float:
     (maildir / ".state").mkdir(parents=True)
     rc = workdir / f"{maildir.name}.rc"
     rc.write_text(
-        f"IMAPAccount a\nHost 127.0.0.1\nPort {port}\nUser alice\nPass password\nSSLType None\nAuthMechs LOGIN\n\n"
+        f"IMAPAccount a\nHost 127.0.0.1\nPort {port}\nUser alice\nPass password\nSSLType None\n"
+        "AuthMechs LOGIN\n\n"
         f"IMAPStore far\nAccount a\n\nMaildirStore near\nPath {maildir}/\nInbox {maildir}/INBOX\n"
         f"SubFolders Verbatim\n\nChannel ch\nFar :far:\nNear :near:\nPatterns {mailbox}\nSync Pull\n"
         f"Create Near\nSyncState {maildir}/.state/\n"
@@ -86,28 +86,32 @@ def mbsync_once(port: int, mailbox: str, workdir: Path) -> float:
     return elapsed
 
 
-def latencies(port: int, mailbox: str, n: int, count: int) -> list[float]:
-    conn = RawClient(port, timeout=60)
-    conn.line()
-    conn.send(b"l0 LOGIN alice password\r\n")
-    conn.until_tagged(b"l0")
+def latencies(ports: tuple[int, int], mailbox: str, n: int, count: int) -> tuple[list[float], list[float]]:
+    """Round-trip times of the same command mix on two connections (straight, through), interleaved."""
+    conns = []
+    for port in ports:
+        conn = RawClient(port, timeout=60)
+        conn.line()
+        conn.send(b"l0 LOGIN alice password\r\nl1 SELECT %s\r\n" % mailbox.encode())
+        conn.until_tagged(b"l1")
+        conns.append(conn)
     rng = random.Random(1)
-    out = []
+    out: tuple[list[float], list[float]] = ([], [])
     for i in range(n):
-        kind = i % 3
         tag = b"c%d" % i
-        if kind == 0:
+        if i % 3 == 0:
             cmd = b"%s SELECT %s\r\n" % (tag, mailbox.encode())
-        elif kind == 1:
-            seq = rng.randint(1, count)
-            cmd = b"%s FETCH %d (FLAGS BODY.PEEK[])\r\n" % (tag, seq)
+        elif i % 3 == 1:
+            cmd = b"%s FETCH %d (FLAGS BODY.PEEK[])\r\n" % (tag, rng.randint(1, count))
         else:
             cmd = b'%s UID SEARCH SUBJECT "message %d"\r\n' % (tag, rng.randint(0, count))
-        started = time.perf_counter()
-        conn.send(cmd)
-        conn.until_tagged(tag)
-        out.append(time.perf_counter() - started)
-    conn.close()
+        for conn, times in zip(conns, out, strict=True):
+            started = time.perf_counter()
+            conn.send(cmd)
+            conn.until_tagged(tag)
+            times.append(time.perf_counter() - started)
+    for conn in conns:
+        conn.close()
     return out
 
 
@@ -161,14 +165,16 @@ def main() -> None:
                 straight.append(mbsync_once(UPSTREAM, mailbox, Path(tmp)))
                 through.append(mbsync_once(port, mailbox, Path(tmp)))
         s, t = statistics.median(straight), statistics.median(through)
-        print(f"mbsync {args.messages} msgs: straight {s:.2f} s, through gatewayd {t:.2f} s, ratio {t / s:.3f} "
-              f"(runs straight {[round(x, 2) for x in straight]}, through {[round(x, 2) for x in through]})")
+        runs = f"runs straight {[round(x, 2) for x in straight]}, through {[round(x, 2) for x in through]}"
+        print(f"mbsync {args.messages} msgs: straight {s:.2f} s, through gatewayd {t:.2f} s, "
+              f"ratio {t / s:.3f} ({runs})")
 
-        lat_s = latencies(UPSTREAM, mailbox, args.commands, args.messages)
-        lat_t = latencies(port, mailbox, args.commands, args.messages)
+        lat_s, lat_t = latencies((UPSTREAM, port), mailbox, args.commands, args.messages)
+        added = [t - s for s, t in zip(lat_s, lat_t, strict=True)]
         for p in (50, 99):
             a, b = pct(lat_s, p) * 1000, pct(lat_t, p) * 1000
-            print(f"latency p{p}: straight {a:.3f} ms, through {b:.3f} ms, added {b - a:.3f} ms")
+            print(f"latency p{p}: straight {a:.3f} ms, through {b:.3f} ms; "
+                  f"added (same command, paired) p{p} {pct(added, p) * 1000:.3f} ms")
 
         base = rss_kib(child.pid)
         clients = idle_connections(port, args.idle)

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from gatewayd import logs
 from gatewayd.errors import GatewayError, Throttled, Unauthorized, UpstreamUnavailable, imap_reply
 from gatewayd.imap import capability, metrics, upstream
 from gatewayd.imap.framing import (
@@ -127,10 +128,11 @@ class Session:
         self._pending_tag = b""
         self._to_client_boundary = True  # no upstream response half-relayed: a BYE may be inserted
         self._deferred: list[bytes] = []  # our own replies waiting for such a boundary
+        self._logging_out = False  # the client's last command was LOGOUT: the upstream's BYE is enough
         self.closing = False
 
     def _log(self, msg: str, *args: object, level: int = logging.INFO) -> None:
-        log.log(level, "event=imap_" + msg, *args, extra={"session_id": self.id})
+        log.log(level, "event=imap_" + msg, *args)
 
     # --- I/O helpers ------------------------------------------------------------------------------
 
@@ -164,6 +166,7 @@ class Session:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        logs.session_id.set(self.id)  # this task's context: every record of the session carries it
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_TOTAL.inc()
         self._log("connect peer=%s tls=%s", self.peer_ip, self.tls_active)
@@ -192,7 +195,7 @@ class Session:
             with contextlib.suppress(Exception):
                 await self._send(b"* BYE Protocol error\r\n")
         except Exception:
-            log.exception("event=imap_session_failed", extra={"session_id": self.id})
+            log.exception("event=imap_session_failed")
             with contextlib.suppress(Exception):
                 await self._send(b"* BYE Internal error\r\n")
         finally:
@@ -452,6 +455,7 @@ class Session:
                     self._say(tag + b" " + _BLOCKED[name] + b"\r\n")
                     continue
                 self._pending_tag = tag
+                self._logging_out = name == "LOGOUT"
             chunks.append(event.data)
             if event.literal is not None and event.literal.sync:
                 out.write(b"".join(chunks))
@@ -481,7 +485,7 @@ class Session:
                 await out.drain()
                 data = await up.reader.read(READ_SIZE)
                 if not data:
-                    if self._to_client_boundary:
+                    if self._to_client_boundary and not self._logging_out:
                         with contextlib.suppress(Exception):
                             await self._send(b"* BYE Upstream server closed the connection\r\n")
                     return
