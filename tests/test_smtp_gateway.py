@@ -368,3 +368,28 @@ def test_starttls_on_relay_listener_and_sighup_reload(smtp_sink: Any, gatewayd_f
     with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as smtp:
         smtp.starttls(context=tls_ca.client_context())
         assert smtp.noop()[0] == 250
+
+
+def test_upstream_starttls_verifies_the_certificate(peers: Peers, gatewayd_factory: Any, tls_ca: Any) -> None:
+    trusted = gatewayd_factory(peers.smtp_port, name="trusted",
+                               smtp__upstream={"tls": "starttls", "ca_file": str(peers.cert)}).start()
+    subject = _subject()
+    _send(trusted, subject)
+    raw = peers.wait_for_message("alice", subject)
+    assert b"(Postfix) with ESMTPS id" in raw  # the hop from gatewayd to Postfix was encrypted
+
+    untrusted = gatewayd_factory(peers.smtp_port, name="untrusted",  # a CA that did not sign Postfix's cert
+                                 smtp__upstream={"tls": "starttls", "ca_file": str(tls_ca.ca_path)}).start()
+    _send(untrusted, _subject())
+    untrusted.wait_until(lambda: untrusted.metric("gatewayd_upstream_errors_total") >= 1, what="a TLS failure")
+    assert untrusted.metric("gatewayd_delivery_recipients_total", result="delivered") == 0
+    assert untrusted.metric("gatewayd_spool_messages") == 1  # kept for a retry, not lost
+
+
+def test_expired_message_is_bounced_after_max_age(gatewayd_factory: Any) -> None:
+    gw = gatewayd_factory(free_port(), spool={"max_age": "1s", "retry_min": "0.2s", "retry_max": "0.2s"}).start()
+    _send(gw, "will expire", sender="carol@mail.test")
+    gw.wait_until(lambda: gw.metric("gatewayd_delivery_recipients_total", result="bounced") == 1,
+                  what="expiry bounce")
+    rows = __import__("json").loads(gw.cli("queue", "list", "--json").stdout)["messages"]
+    assert [(r["mail_from"], r["pending"]) for r in rows] == [("", ["carol@mail.test"])]  # only the DSN is left
