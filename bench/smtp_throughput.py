@@ -1,4 +1,4 @@
-"""SMTP throughput: smtp-source -> gatewayd -> smtp-sink against smtp-source -> smtp-sink straight, in one run.
+"""SMTP throughput: smtp-source -> gatewayd -> smtp-sink vs smtp-source -> smtp-sink straight, in one run.
 
 Prints msg/s of each (accepted by the first hop, and delivered end to end through gatewayd), their ratio,
 p50/p99 per-message latency added by gatewayd (a separate smtplib run), and gatewayd's RSS.
@@ -44,7 +44,11 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 def start_sink(port: int) -> subprocess.Popen[bytes]:
-    args = ["/usr/sbin/smtp-sink"] + (["-u", "nobody"] if os.geteuid() == 0 else []) + [f"127.0.0.1:{port}", "256"]
+    args = (
+        ["/usr/sbin/smtp-sink"]
+        + (["-u", "nobody"] if os.geteuid() == 0 else [])
+        + [f"127.0.0.1:{port}", "256"]
+    )
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
     wait_port(port)
     return proc
@@ -53,8 +57,23 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
 def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
     """Seconds smtp-source needs to hand over ``messages`` (one connection per message)."""
     started = time.perf_counter()
-    subprocess.run(["/usr/sbin/smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-                    "-f", "bench@mail.test", "-t", "alice@mail.test", f"127.0.0.1:{port}"], check=True)
+    subprocess.run(
+        [
+            "/usr/sbin/smtp-source",
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "bench@mail.test",
+            "-t",
+            "alice@mail.test",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+    )
     return time.perf_counter() - started
 
 
@@ -85,12 +104,17 @@ def pct(values: list[float], p: float) -> float:
 def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
@@ -118,18 +142,19 @@ hostname = "bench.test"
 port = {sink_port}
 max_connections = 8
 [spool]
-path = "{work / 'spool'}"
+path = "{work / "spool"}"
 [http]
 listen = "127.0.0.1:{http_port}"
 [storage]
-url = "sqlite+aiosqlite:///{work / 'gatewayd.db'}"
+url = "sqlite+aiosqlite:///{work / "gatewayd.db"}"
 [analysis]
 classifier = "{args.classifier}"
 [logging]
 level = "warning"
 """)
-    gw = subprocess.Popen([sys.executable, "-m", "gatewayd", "run", "-c", str(config)], cwd=ROOT,
-                          stdin=subprocess.DEVNULL)
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd", "run", "-c", str(config)], cwd=ROOT, stdin=subprocess.DEVNULL
+    )
     try:
         wait_port(gw_port)
         wait_port(http_port)
@@ -142,29 +167,44 @@ level = "warning"
         t0 = time.perf_counter()
         accepted = smtp_source(gw_port, n, s, size)
         deadline = time.monotonic() + 600
-        while metric(http_port, "gatewayd_delivery_recipients_total") < base + n and time.monotonic() < deadline:
+        while (
+            metric(http_port, "gatewayd_delivery_recipients_total") < base + n and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         end_to_end = time.perf_counter() - t0
         rss, hwm = rss_mb(gw.pid)
 
-        body = (b"Subject: latency\r\nFrom: bench@mail.test\r\nTo: alice@mail.test\r\n\r\n"
-                + (b"x" * 76 + b"\r\n") * max(1, size // 78))
+        body = b"Subject: latency\r\nFrom: bench@mail.test\r\nTo: alice@mail.test\r\n\r\n" + (
+            b"x" * 76 + b"\r\n"
+        ) * max(1, size // 78)
         direct = latencies(sink_port, args.latency_messages, s, body)
         through = latencies(gw_port, args.latency_messages, s, body)
 
-        print(f"# smtp_throughput: {n} messages x {size} B, {s} sessions, one connection per message, "
-              f"classifier={args.classifier}, {os.cpu_count()} CPUs")
+        print(
+            f"# smtp_throughput: {n} messages x {size} B, {s} sessions, one connection per message, "
+            f"classifier={args.classifier}, {os.cpu_count()} CPUs"
+        )
         print(f"straight  smtp-source -> smtp-sink           {n / straight:8.0f} msg/s")
-        print(f"gatewayd  smtp-source -> gatewayd (accepted) {n / accepted:8.0f} msg/s"
-              f"   {100 * straight / accepted:5.1f} % of straight")
-        print(f"gatewayd  end to end, delivered to smtp-sink {n / end_to_end:8.0f} msg/s"
-              f"   {100 * straight / end_to_end:5.1f} % of straight")
-        print(f"latency   p50 {pct(direct, .5):6.2f} ms straight, {pct(through, .5):6.2f} ms through "
-              f"(+{pct(through, .5) - pct(direct, .5):.2f} ms)")
-        print(f"latency   p99 {pct(direct, .99):6.2f} ms straight, {pct(through, .99):6.2f} ms through "
-              f"(+{pct(through, .99) - pct(direct, .99):.2f} ms)")
-        print(f"gatewayd  RSS {rss:.0f} MB now, {hwm:.0f} MB peak; mean latency through "
-              f"{statistics.mean(through) * 1000:.2f} ms")
+        print(
+            f"gatewayd  smtp-source -> gatewayd (accepted) {n / accepted:8.0f} msg/s"
+            f"   {100 * straight / accepted:5.1f} % of straight"
+        )
+        print(
+            f"gatewayd  end to end, delivered to smtp-sink {n / end_to_end:8.0f} msg/s"
+            f"   {100 * straight / end_to_end:5.1f} % of straight"
+        )
+        print(
+            f"latency   p50 {pct(direct, 0.5):6.2f} ms straight, {pct(through, 0.5):6.2f} ms through "
+            f"(+{pct(through, 0.5) - pct(direct, 0.5):.2f} ms)"
+        )
+        print(
+            f"latency   p99 {pct(direct, 0.99):6.2f} ms straight, {pct(through, 0.99):6.2f} ms through "
+            f"(+{pct(through, 0.99) - pct(direct, 0.99):.2f} ms)"
+        )
+        print(
+            f"gatewayd  RSS {rss:.0f} MB now, {hwm:.0f} MB peak; mean latency through "
+            f"{statistics.mean(through) * 1000:.2f} ms"
+        )
     finally:
         gw.send_signal(signal.SIGTERM)
         try:

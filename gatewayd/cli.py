@@ -16,7 +16,9 @@ from typing import Any
 from gatewayd import __version__, logs
 from gatewayd.settings import ConfigError, Settings, find_config, load_settings
 
-EPILOG = "Configuration: -c FILE, else /etc/gatewayd/gatewayd.toml, else config/gatewayd.toml; GATEWAYD_* env."
+EPILOG = (
+    "Configuration: -c FILE, else /etc/gatewayd/gatewayd.toml, else config/gatewayd.toml; GATEWAYD_* env."
+)
 
 
 def _settings(path: str | None) -> Settings:
@@ -47,8 +49,10 @@ def check(settings: Settings) -> list[str]:
     if bool(settings.tls.cert) != bool(settings.tls.key):
         problems.append("tls: cert and key must be set together")
     if settings.smtp.submission_listen and not settings.tls.cert and not settings.smtp.allow_plaintext_auth:
-        problems.append("smtp.submission_listen: needs tls.cert/tls.key (AUTH only after STARTTLS) "
-                        "or smtp.allow_plaintext_auth = true")
+        problems.append(
+            "smtp.submission_listen: needs tls.cert/tls.key (AUTH only after STARTTLS) "
+            "or smtp.allow_plaintext_auth = true"
+        )
     if settings.analysis.classifier == "models":
         try:
             from gatewayd import intel
@@ -129,16 +133,22 @@ def iter_messages(paths: list[str]) -> Iterator[tuple[str, bytes]]:
 def verdict_json(label: str, facts: Any, verdict: Any, settings: Settings) -> dict[str, Any]:
     policy = settings.policy
     return {
-        "path": label, "message_id": facts.message_id,
+        "path": label,
+        "message_id": facts.message_id,
         "spam": {"score": round(verdict.spam_score, 4), "verdict": verdict.is_spam(policy.spam_threshold)},
-        "phishing": {"score": round(verdict.phishing_score, 4),
-                     "verdict": verdict.is_phishing(policy.phishing_threshold)},
-        "category": {"label": verdict.category,
-                     "scores": {k: round(v, 4) for k, v in verdict.category_scores.items()}},
+        "phishing": {
+            "score": round(verdict.phishing_score, 4),
+            "verdict": verdict.is_phishing(policy.phishing_threshold),
+        },
+        "category": {
+            "label": verdict.category,
+            "scores": {k: round(v, 4) for k, v in verdict.category_scores.items()},
+        },
         "priority": {"important": verdict.important, "score": round(verdict.priority_score, 4)},
         "summary": verdict.summary,
         "actions": [{"text": a.text, "due": a.due.isoformat() if a.due else None} for a in verdict.actions],
-        "stage": verdict.stage, "elapsed_ms": round(verdict.elapsed_ms, 3),
+        "stage": verdict.stage,
+        "elapsed_ms": round(verdict.elapsed_ms, 3),
         **({"fallback": verdict.fallback_reason} if verdict.fallback_reason else {}),
     }
 
@@ -160,9 +170,11 @@ async def _classify(args: argparse.Namespace, settings: Settings) -> int:
             if args.json:
                 print(json.dumps(out, ensure_ascii=False))
             else:
-                print(f"{label}: spam={out['spam']['score']:.3f} phishing={out['phishing']['score']:.3f} "
-                      f"category={verdict.category} important={verdict.important} stage={verdict.stage}\n"
-                      f"  {verdict.summary}")
+                print(
+                    f"{label}: spam={out['spam']['score']:.3f} phishing={out['phishing']['score']:.3f} "
+                    f"category={verdict.category} important={verdict.important} stage={verdict.stage}\n"
+                    f"  {verdict.summary}"
+                )
         chunk.clear()
 
     try:
@@ -198,17 +210,29 @@ def parser() -> argparse.ArgumentParser:
         return cmd
 
     add("run", "Run the daemon in the foreground.", cmd_run)
-    add("check-config", "Validate the configuration; print every error with its dotted path.", cmd_check_config)
+    add(
+        "check-config",
+        "Validate the configuration; print every error with its dotted path.",
+        cmd_check_config,
+    )
     q = add("queue", "Inspect and manage the spool (like postqueue/postsuper).", cmd_queue)
-    q.add_argument("op", choices=["list", "flush", "delete", "hold", "release"],
-                   help="list | flush (retry now) | delete ID | hold ID | release ID (from hold or quarantine)")
+    q.add_argument(
+        "op",
+        choices=["list", "flush", "delete", "hold", "release"],
+        help="list | flush (retry now) | delete ID | hold ID | release ID (from hold or quarantine)",
+    )
     q.add_argument("id", nargs="?", help="message id (X-Gatewayd-Id, as shown by list)")
     q.add_argument("--json", action="store_true", help="print JSON")
-    c = add("classify", "Analyse .eml files, folders or mbox files with the gateway's pipeline.", cmd_classify)
+    c = add(
+        "classify", "Analyse .eml files, folders or mbox files with the gateway's pipeline.", cmd_classify
+    )
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--json", action="store_true", help="one JSON object per message")
-    add("example-config", "Print the commented example configuration generated from the schema.",
-        cmd_example_config)
+    add(
+        "example-config",
+        "Print the commented example configuration generated from the schema.",
+        cmd_example_config,
+    )
     return p
 
 
@@ -220,5 +244,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-

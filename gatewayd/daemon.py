@@ -7,11 +7,13 @@ flight ``SHUTDOWN_GRACE`` seconds, flush metadata and close the spool; SIGHUP re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
 
@@ -91,32 +93,61 @@ class Daemon:
         pipeline = Pipeline(classifier, fallback=fallback, budget=s.analysis.budget)
         recorder = Recorder(store, spool)
         replayed = recorder.replay()
-        deliverer = Deliverer(spool, s.smtp.upstream, s.spool, hostname=self.hostname, on_state=recorder.state)
-        intake = Intake(spool=spool, pipeline=pipeline, recorder=recorder, deliverer=deliverer, policy=s.policy,
-                        hostname=self.hostname)
+        deliverer = Deliverer(
+            spool, s.smtp.upstream, s.spool, hostname=self.hostname, on_state=recorder.state
+        )
+        intake = Intake(
+            spool=spool,
+            pipeline=pipeline,
+            recorder=recorder,
+            deliverer=deliverer,
+            policy=s.policy,
+            hostname=self.hostname,
+        )
         metrics.SPOOL_MESSAGES.set_function(spool.queue_size)
         metrics.SPOOL_OLDEST.set_function(spool.oldest_age)
         metrics.SPOOL_HELD.set_function(lambda: len(spool.held))
-        authenticator = UpstreamAuthenticator(s.smtp, hostname=self.hostname) if s.smtp.submission_listen else None
+        authenticator = (
+            UpstreamAuthenticator(s.smtp, hostname=self.hostname) if s.smtp.submission_listen else None
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(recorder.run(), name="recorder")
                 tg.create_task(deliverer.run(), name="deliverer")
-                for name, addresses, submission in (("smtp", s.smtp.listen, False),
-                                                    ("submission", s.smtp.submission_listen, True)):
-                    factory = smtp_factory(intake, s.smtp, submission=submission, hostname=self.hostname,
-                                           tls_context=self.tls, registry=self.smtp_sessions,
-                                           authenticator=authenticator, listener=name)
+                for name, addresses, submission in (
+                    ("smtp", s.smtp.listen, False),
+                    ("submission", s.smtp.submission_listen, True),
+                ):
+                    factory = smtp_factory(
+                        intake,
+                        s.smtp,
+                        submission=submission,
+                        hostname=self.hostname,
+                        tls_context=self.tls,
+                        registry=self.smtp_sessions,
+                        authenticator=authenticator,
+                        listener=name,
+                    )
                     self.servers[name] = await start_listeners(addresses, factory)
                 imap = await self._start_imap(store, pipeline)
-                self.servers["control"] = [await queuectl.serve(
-                    spool, kick=deliverer.kick,
-                    on_state=lambda gw_id, state: recorder.set_state(gw_id, state, "by queue command"))]
+                self.servers["control"] = [
+                    await queuectl.serve(
+                        spool,
+                        kick=deliverer.kick,
+                        on_state=lambda gw_id, state: recorder.set_state(gw_id, state, "by queue command"),
+                    )
+                ]
                 http = await self._start_http(tg, store, spool)
                 self._install_signals()
-                log.info("event=started smtp=%s submission=%s imap=%s http=%s spool_messages=%d replayed=%d",
-                         self.ports("smtp"), self.ports("submission"), self.ports("imap"), self.http_port,
-                         spool.queue_size(), replayed)
+                log.info(
+                    "event=started smtp=%s submission=%s imap=%s http=%s spool_messages=%d replayed=%d",
+                    self.ports("smtp"),
+                    self.ports("submission"),
+                    self.ports("imap"),
+                    self.http_port,
+                    spool.queue_size(),
+                    replayed,
+                )
                 sdnotify.notify("READY=1\nSTATUS=accepting mail")
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog:
@@ -161,8 +192,7 @@ class Daemon:
         sock.bind((host, port))
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(build_app(health), log_level="warning", access_log=False, lifespan="off")
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # signals are ours
+        server = _HTTPServer(config)
         tg.create_task(server.serve(sockets=[sock]), name="http")
         return server
 
@@ -195,8 +225,9 @@ class Daemon:
                 with suppress(Exception):
                     await session.push("421 4.3.2 Service shutting down")
                 session.transport.close()
-        while any(s.busy for s in self.smtp_sessions) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # polling live transactions during shutdown only, bounded by the deadline
+        # Shutdown only, bounded by the deadline: aiosmtpd has no hook for "transaction finished".
+        while any(s.busy for s in self.smtp_sessions) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         for session in list(self.smtp_sessions):
             if session.transport is not None:
                 session.transport.close()
@@ -207,6 +238,15 @@ class Daemon:
 
 class _Stop(Exception):
     pass
+
+
+class _HTTPServer(uvicorn.Server):
+    """uvicorn without its own signal handling: SIGTERM and SIGINT belong to the daemon, which stops
+    the HTTP listener last, so /metrics and /healthz answer while SMTP and IMAP drain."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def run(settings: Settings) -> None:

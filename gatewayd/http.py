@@ -20,6 +20,8 @@ def build_app(health: HealthCheck) -> Starlette:
     async def healthz(_: Request) -> Response:
         checks = await health()
         ok = all(checks.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503
+        )
 
     return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])

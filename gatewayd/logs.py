@@ -20,8 +20,13 @@ class _SessionFilter(logging.Filter):
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name,
-               "session": getattr(record, "session", "-"), "msg": record.getMessage()}
+        out = {
+            "ts": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "session": getattr(record, "session", "-"),
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
@@ -35,8 +40,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(_JSONFormatter())
     else:
         stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-        handler.setFormatter(logging.Formatter(stamp + "level=%(levelname)s logger=%(name)s "
-                                               "session=%(session)s %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(stamp + "level=%(levelname)s logger=%(name)s session=%(session)s %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

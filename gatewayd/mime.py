@@ -91,8 +91,9 @@ def extract_facts(raw: bytes, *, mail_from: str = "", rcpt_to: tuple[str, ...] =
     # compat32 keeps header values as sent and tolerates anything; we decode RFC 2047 ourselves.
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     defects = len(msg.defects)
-    headers = tuple((k, _decode_header(_WS.sub(" ", str(v)).replace("\r", "").replace("\n", "")))
-                    for k, v in msg.items())
+    headers = tuple(
+        (k, _decode_header(_WS.sub(" ", str(v)).replace("\r", "").replace("\n", ""))) for k, v in msg.items()
+    )
 
     def get(name: str) -> str:
         lname = name.lower()

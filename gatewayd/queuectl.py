@@ -24,16 +24,22 @@ class QueueError(Exception):
     pass
 
 
-async def apply(spool: Spool, op: str, gw_id: str = "", *, kick: Callable[[], None] = lambda: None,
-          on_state: Callable[[str, str], None] = lambda i, s: None) -> dict[str, Any]:
+async def apply(
+    spool: Spool,
+    op: str,
+    gw_id: str = "",
+    *,
+    kick: Callable[[], None] = lambda: None,
+    on_state: Callable[[str, str], None] = lambda i, s: None,
+) -> dict[str, Any]:
     """Carry out one operation on an open spool; the result is JSON-serialisable."""
     if op == "list":
         return {"messages": spool.listing()}
     if op == "flush":
         count = 0
-        for entry in spool.entries.values():
-            if not entry.done and entry.pending:
-                entry.next_attempt = 0.0
+        for queued in spool.entries.values():
+            if not queued.done and queued.pending:
+                queued.next_attempt = 0.0
                 count += 1
         kick()
         return {"flushed": count}
@@ -65,7 +71,9 @@ async def apply(spool: Spool, op: str, gw_id: str = "", *, kick: Callable[[], No
     return {"released": gw_id}
 
 
-async def serve(spool: Spool, *, kick: Callable[[], None], on_state: Callable[[str, str], None]) -> asyncio.Server:
+async def serve(
+    spool: Spool, *, kick: Callable[[], None], on_state: Callable[[str, str], None]
+) -> asyncio.Server:
     path = spool.root / SOCKET_NAME
     path.unlink(missing_ok=True)
 

@@ -103,7 +103,7 @@ class Recorder:
         if batch:
             await self.store.record_messages([r for r, _ in batch])
             metrics.STORE_BATCH.observe(len(batch))
-            del self._records[:len(batch)]
+            del self._records[: len(batch)]
             for _, entry in batch:
                 if entry is not None and self.spool is not None:
                     entry.recorded = True
@@ -118,7 +118,7 @@ class Recorder:
                     self._states.setdefault(key, []).extend(ids)
                 raise
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a deadline, not cancellation
         """Wait until everything queued is written; False if the store did not make it in time."""
         try:
             async with asyncio.timeout(timeout):

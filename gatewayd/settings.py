@@ -60,7 +60,9 @@ class UpstreamSMTP(Section):
     tls: Literal["none", "starttls", "tls"] = Field(
         "none", description="none | starttls | tls (implicit TLS, usually port 465)."
     )
-    ca_file: str = Field("", description="CA bundle to verify the upstream certificate; empty = system store.")
+    ca_file: str = Field(
+        "", description="CA bundle to verify the upstream certificate; empty = system store."
+    )
     verify: bool = Field(True, description="Verify the upstream TLS certificate and host name.")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for each upstream SMTP reply.")
     max_connections: int = Field(
@@ -69,7 +71,9 @@ class UpstreamSMTP(Section):
     helo_name: str = Field("", description="Name sent in EHLO upstream; empty = this host's FQDN.")
     auth_host: str = Field("", description="Server that checks submission logins (AUTH); empty = host.")
     auth_port: int = Field(0, ge=0, le=65535, description="Port for AUTH checks (often 587); 0 = port.")
-    auth_tls: Literal["", "none", "starttls", "tls"] = Field("", description="TLS for AUTH checks; empty = tls.")
+    auth_tls: Literal["", "none", "starttls", "tls"] = Field(
+        "", description="TLS for AUTH checks; empty = tls."
+    )
 
 
 class SMTPSection(Section):
@@ -86,7 +90,9 @@ class SMTPSection(Section):
     )
     max_message_size: int = Field(26214400, ge=1024, description="Largest message accepted, in bytes (SIZE).")
     max_recipients: int = Field(1000, ge=1, description="Most RCPT TO per transaction.")
-    hostname: str = Field("", description="Name in our greeting and Received header; empty = this host's FQDN.")
+    hostname: str = Field(
+        "", description="Name in our greeting and Received header; empty = this host's FQDN."
+    )
     auth_cache_ttl: float = Field(
         300.0, ge=0, description="Seconds a verified login is remembered in memory (never on disk); 0 = off."
     )
@@ -119,7 +125,9 @@ class SpoolSection(Section):
 
 
 class HTTPSection(Section):
-    listen: str = Field("127.0.0.1:8025", description="HTTP listener: /metrics, /healthz (and the API later).")
+    listen: str = Field(
+        "127.0.0.1:8025", description="HTTP listener: /metrics, /healthz (and the API later)."
+    )
 
     @field_validator("listen")
     @classmethod
@@ -154,12 +162,16 @@ Action = Literal["tag", "quarantine", "reject"]
 class PolicySection(Section):
     spam: Action = Field("tag", description="What to do with spam: tag | quarantine | reject (550 5.7.1).")
     phishing: Action = Field("tag", description="What to do with phishing: tag | quarantine | reject.")
-    spam_threshold: float = Field(0.5, ge=0, le=1, description="Spam probability at or above which it is spam.")
+    spam_threshold: float = Field(
+        0.5, ge=0, le=1, description="Spam probability at or above which it is spam."
+    )
     phishing_threshold: float = Field(0.5, ge=0, le=1, description="Phishing probability threshold.")
 
 
 class AnalysisSection(Section):
-    budget: float = Field(2.0, gt=0, description="Seconds the analysis may take per message before rules answer.")
+    budget: float = Field(
+        2.0, gt=0, description="Seconds the analysis may take per message before rules answer."
+    )
     classifier: Literal["rules", "models"] = Field(
         "rules", description="rules = heuristics only; models = ONNX models with rules as fallback."
     )
@@ -194,7 +206,8 @@ class MasterUser(Section):
 
 class IMAPSection(Section):
     listen: list[str] = Field(
-        default_factory=list, description="Plain listener(s) host:port (STARTTLS offered), e.g. 127.0.0.1:1143."
+        default_factory=list,
+        description="Plain listener(s) host:port (STARTTLS offered), e.g. 127.0.0.1:1143.",
     )
     tls_listen: list[str] = Field(default_factory=list, description="Implicit-TLS listener(s) host:port.")
     allow_plaintext_auth: bool = Field(
@@ -210,7 +223,9 @@ class IMAPSection(Section):
 
 
 class LoggingSection(Section):
-    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level logged."
+    )
     format: Literal["text", "json"] = Field("text", description="text (key=value) or json lines.")
 
 
@@ -223,7 +238,7 @@ class Settings(BaseSettings):
     spool: SpoolSection = Field(default_factory=SpoolSection)  # type: ignore[arg-type]
     http: HTTPSection = Field(default_factory=HTTPSection)  # type: ignore[arg-type]
     storage: StorageSection = Field(default_factory=StorageSection)  # type: ignore[arg-type]
-    tls: TLSSection = Field(default_factory=TLSSection)
+    tls: TLSSection = Field(default_factory=TLSSection)  # type: ignore[arg-type]
     policy: PolicySection = Field(default_factory=PolicySection)  # type: ignore[arg-type]
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)  # type: ignore[arg-type]
     imap: IMAPSection = Field(default_factory=IMAPSection)  # type: ignore[arg-type]

@@ -69,9 +69,15 @@ class Entry:
         return self.done and self.recorded
 
     def state(self) -> dict[str, Any]:
-        return {"id": self.id, "pending": self.pending, "attempts": self.attempts,
-                "next_attempt": self.next_attempt, "last_error": self.last_error,
-                "recorded": self.recorded, "done": self.done}
+        return {
+            "id": self.id,
+            "pending": self.pending,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "last_error": self.last_error,
+            "recorded": self.recorded,
+            "done": self.done,
+        }
 
 
 @dataclass(slots=True)
@@ -86,8 +92,9 @@ class Spool:
     """The spool of one daemon instance. All methods run on the event loop; disk I/O is short and
     sequential (appends, one fdatasync per group), except ``commit`` which syncs in a thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, segment_size: int = 64 << 20,
-                 commit_delay: float = 0.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, segment_size: int = 64 << 20, commit_delay: float = 0.0
+    ) -> None:
         self.root = Path(path)
         self.log_dir = self.root / "log"
         self.hold_dir = self.root / "hold"
@@ -145,17 +152,25 @@ class Spool:
             if magic != MAGIC or body_at + length > len(data):
                 torn = True
                 break
-            payload = data[body_at:body_at + length]
+            payload = data[body_at : body_at + length]
             if zlib.crc32(payload) != crc:
                 torn = True
                 break
             if kind == MSG:
                 head, _, raw = payload.partition(b"\n")
                 env = json.loads(head)
-                entry = Entry(id=env["id"], mail_from=env["mail_from"], rcpts=env["rcpts"],
-                              pending=list(env["rcpts"]), received_at=env["received_at"],
-                              size=len(raw), meta=env.get("meta", {}), segment=number,
-                              offset=body_at + len(head) + 1, state_segment=number)
+                entry = Entry(
+                    id=env["id"],
+                    mail_from=env["mail_from"],
+                    rcpts=env["rcpts"],
+                    pending=list(env["rcpts"]),
+                    received_at=env["received_at"],
+                    size=len(raw),
+                    meta=env.get("meta", {}),
+                    segment=number,
+                    offset=body_at + len(head) + 1,
+                    state_segment=number,
+                )
                 self.entries[entry.id] = entry
             elif kind == STATE:
                 st = json.loads(payload)
@@ -170,7 +185,9 @@ class Spool:
                     entry.state_segment = number
             pos = body_at + length
         if torn or pos != len(data):
-            log.warning("event=spool_torn_tail segment=%s valid_bytes=%d file_bytes=%d", path.name, pos, len(data))
+            log.warning(
+                "event=spool_torn_tail segment=%s valid_bytes=%d file_bytes=%d", path.name, pos, len(data)
+            )
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -216,14 +233,36 @@ class Spool:
         self._written += len(record)
         return seg.number, offset
 
-    def add(self, mail_from: str, rcpts: list[str], raw: bytes, meta: dict[str, Any] | None = None,
-            *, gw_id: str | None = None) -> Entry:
+    def add(
+        self,
+        mail_from: str,
+        rcpts: list[str],
+        raw: bytes,
+        meta: dict[str, Any] | None = None,
+        *,
+        gw_id: str | None = None,
+    ) -> Entry:
         """Append a message; it is durable once ``await commit()`` returns. Returns its entry."""
-        entry = Entry(id=gw_id or ids.new_id(), mail_from=mail_from, rcpts=list(rcpts), pending=list(rcpts),
-                      received_at=time.time(), size=len(raw), meta=meta or {})
-        head = json.dumps({"id": entry.id, "mail_from": mail_from, "rcpts": entry.rcpts,
-                           "received_at": entry.received_at, "meta": entry.meta},
-                          separators=(",", ":"), default=str).encode()
+        entry = Entry(
+            id=gw_id or ids.new_id(),
+            mail_from=mail_from,
+            rcpts=list(rcpts),
+            pending=list(rcpts),
+            received_at=time.time(),
+            size=len(raw),
+            meta=meta or {},
+        )
+        head = json.dumps(
+            {
+                "id": entry.id,
+                "mail_from": mail_from,
+                "rcpts": entry.rcpts,
+                "received_at": entry.received_at,
+                "meta": entry.meta,
+            },
+            separators=(",", ":"),
+            default=str,
+        ).encode()
         number, offset = self._append(MSG, head + b"\n" + raw)
         entry.segment, entry.offset, entry.state_segment = number, offset + len(head) + 1, number
         self.entries[entry.id] = entry
@@ -314,8 +353,15 @@ class Spool:
     def hold(self, entry: Entry, reason: str, raw: bytes | None = None) -> None:
         """Move a message out of the log into the hold directory (durably), then mark it done there."""
         raw = self.read(entry) if raw is None else raw
-        info = {"id": entry.id, "mail_from": entry.mail_from, "rcpts": entry.pending or entry.rcpts,
-                "received_at": entry.received_at, "reason": reason, "size": len(raw), "meta": entry.meta}
+        info = {
+            "id": entry.id,
+            "mail_from": entry.mail_from,
+            "rcpts": entry.pending or entry.rcpts,
+            "received_at": entry.received_at,
+            "reason": reason,
+            "size": len(raw),
+            "meta": entry.meta,
+        }
         _write_durably(self.hold_dir / f"{entry.id}.eml", raw)
         _write_durably(self.hold_dir / f"{entry.id}.json", json.dumps(info, default=str).encode())
         _fsync_dir(self.hold_dir)
@@ -353,10 +399,17 @@ class Spool:
             row["state"] = "deferred" if entry.attempts else "active"
             rows.append(row)
         for info in self.held.values():
-            rows.append({"id": info["id"], "mail_from": info["mail_from"], "pending": info["rcpts"],
-                         "received_at": info["received_at"], "size": info["size"],
-                         "state": "quarantine" if info.get("reason") == "quarantine" else "hold",
-                         "last_error": info.get("reason", "")})
+            rows.append(
+                {
+                    "id": info["id"],
+                    "mail_from": info["mail_from"],
+                    "pending": info["rcpts"],
+                    "received_at": info["received_at"],
+                    "size": info["size"],
+                    "state": "quarantine" if info.get("reason") == "quarantine" else "hold",
+                    "last_error": info.get("reason", ""),
+                }
+            )
         return sorted(rows, key=lambda r: r["received_at"])
 
     def queue_size(self) -> int:
@@ -374,7 +427,7 @@ def _write_durably(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

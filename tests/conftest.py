@@ -34,6 +34,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+#: gatewayd_proc holds the fixture that runs a real gatewayd process (gatewayd_factory).
+pytest_plugins = ("gatewayd_proc",)
+
 TESTS = Path(__file__).resolve().parent
 PEERS_SCRIPTS = TESTS / "peers"
 #: Where start.sh puts the peers' files unless GATEWAYD_PEERS_ROOT says otherwise. Outside pytest's

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import free_port
 
 
@@ -39,7 +38,9 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
 
 
 class Gatewayd:
-    def __init__(self, root: Path, *, upstream_port: int, extra: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, root: Path, *, upstream_port: int, extra: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.smtp_port = free_port()
@@ -63,9 +64,13 @@ class Gatewayd:
     def start(self, timeout: float = 30.0) -> Gatewayd:
         """Start and return once the daemon logged ``event=started`` (all listeners bound)."""
         logfile = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gatewayd", "run", "-c", str(self.config)],
-                                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.PIPE,
-                                     cwd=Path(__file__).resolve().parent.parent)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gatewayd", "run", "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         started = threading.Event()
         proc = self.proc
 
@@ -127,9 +132,13 @@ class Gatewayd:
         return total
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "gatewayd", *args, "-c", str(self.config)],
-                                capture_output=True, text=True, timeout=60,
-                                cwd=Path(__file__).resolve().parent.parent)
+        result = subprocess.run(
+            [sys.executable, "-m", "gatewayd", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         if check and result.returncode != 0:
             pytest.fail(f"gatewayd {' '.join(args)} failed: {result.stderr}", pytrace=False)
         return result
@@ -138,8 +147,9 @@ class Gatewayd:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}; log tail:\n{''.join(self._lines[-30:])}",
-                            pytrace=False)
+                pytest.fail(
+                    f"timed out waiting for {what}; log tail:\n{''.join(self._lines[-30:])}", pytrace=False
+                )
             time.sleep(0.1)
 
 
@@ -148,13 +158,14 @@ def gatewayd_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Gatewayd] = []
 
     def make(upstream_port: int, name: str = "gw", **extra: dict[str, Any]) -> Gatewayd:
-        gw = Gatewayd(tmp_path / name, upstream_port=upstream_port,
-                      extra={k.replace("__", "."): v for k, v in extra.items()})
+        gw = Gatewayd(
+            tmp_path / name,
+            upstream_port=upstream_port,
+            extra={k.replace("__", "."): v for k, v in extra.items()},
+        )
         made.append(gw)
         return gw
 
     yield make
     for gw in made:
         gw.kill()
-
-

@@ -19,8 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def gatewayd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gatewayd", *args], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_shipped_example_is_generated_from_the_schema_and_loads() -> None:
@@ -34,8 +40,19 @@ def test_shipped_example_is_generated_from_the_schema_and_loads() -> None:
 
 def test_every_option_is_documented_in_the_example() -> None:
     text = render()
-    for section in ("[smtp]", "[smtp.upstream]", "[spool]", "[http]", "[storage]", "[tls]", "[policy]",
-                    "[analysis]", "[imap]", "[imap.upstream]", "[logging]"):
+    for section in (
+        "[smtp]",
+        "[smtp.upstream]",
+        "[spool]",
+        "[http]",
+        "[storage]",
+        "[tls]",
+        "[policy]",
+        "[analysis]",
+        "[imap]",
+        "[imap.upstream]",
+        "[logging]",
+    ):
         assert section in text
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -45,11 +62,20 @@ def test_every_option_is_documented_in_the_example() -> None:
 
 def test_check_config_reports_every_error_with_its_dotted_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[smtp]\nlisten = ["nonsense"]\n[smtp.upstream]\nport = 70000\ntls = "sometimes"\n'
-                   '[spool]\nmax_age = "forever"\n[storage]\nurl = "mysql://x"\n[nosuch]\nx = 1\n')
+    bad.write_text(
+        '[smtp]\nlisten = ["nonsense"]\n[smtp.upstream]\nport = 70000\ntls = "sometimes"\n'
+        '[spool]\nmax_age = "forever"\n[storage]\nurl = "mysql://x"\n[nosuch]\nx = 1\n'
+    )
     out = gatewayd("check-config", "-c", str(bad))
     assert out.returncode == 1
-    for path in ("smtp.listen", "smtp.upstream.port", "smtp.upstream.tls", "spool.max_age", "storage.url", "nosuch"):
+    for path in (
+        "smtp.listen",
+        "smtp.upstream.port",
+        "smtp.upstream.tls",
+        "spool.max_age",
+        "storage.url",
+        "nosuch",
+    ):
         assert f"config error: {path}" in out.stderr, (path, out.stderr)
 
 
@@ -66,7 +92,7 @@ def test_check_config_reports_unreadable_files_and_bad_toml(tmp_path: Path) -> N
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "g.toml"
-    conf.write_text("[smtp.upstream]\nport = 25\n[spool]\nmax_age = \"2d\"\n")
+    conf.write_text('[smtp.upstream]\nport = 25\n[spool]\nmax_age = "2d"\n')
     monkeypatch.setenv("GATEWAYD_SMTP__UPSTREAM__PORT", "2525")
     settings = load_settings(conf)
     assert settings.smtp.upstream.port == 2525
@@ -78,14 +104,15 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 MESSAGES = {
-    "newsletter.eml": b"From: News <news@shop.example>\r\nTo: alice@mail.test\r\nSubject: Our weekly deals\r\n"
-                      b"List-Unsubscribe: <https://shop.example/unsub>\r\nList-Id: deals.shop.example\r\n"
-                      b"Message-ID: <n1@shop.example>\r\nDate: Wed, 18 Nov 2026 10:00:00 +0000\r\n"
-                      b"Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><h1>Deals</h1>"
-                      b"<p>Save 20% on everything this week.</p></body></html>\r\n",
+    "newsletter.eml": b"From: News <news@shop.example>\r\nTo: alice@mail.test\r\n"
+    b"Subject: Our weekly deals\r\n"
+    b"List-Unsubscribe: <https://shop.example/unsub>\r\nList-Id: deals.shop.example\r\n"
+    b"Message-ID: <n1@shop.example>\r\nDate: Wed, 18 Nov 2026 10:00:00 +0000\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><h1>Deals</h1>"
+    b"<p>Save 20% on everything this week.</p></body></html>\r\n",
     "personal.eml": b"From: Bob <bob@mail.test>\r\nTo: alice@mail.test\r\nSubject: lunch\r\n"
-                    b"Message-ID: <p1@mail.test>\r\nDate: Wed, 18 Nov 2026 10:00:00 +0000\r\n\r\n"
-                    b"Hi Alice,\r\n\r\nCould you send me the slides by Friday?\r\n\r\nThanks, Bob\r\n",
+    b"Message-ID: <p1@mail.test>\r\nDate: Wed, 18 Nov 2026 10:00:00 +0000\r\n\r\n"
+    b"Hi Alice,\r\n\r\nCould you send me the slides by Friday?\r\n\r\nThanks, Bob\r\n",
 }
 
 
@@ -103,10 +130,26 @@ def test_classify_json_contract_over_files_folders_and_mbox(tmp_path: Path) -> N
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 4
     for row in rows:
-        assert set(row) >= {"path", "message_id", "spam", "phishing", "category", "priority", "summary", "actions",
-                            "stage", "elapsed_ms"}
+        assert set(row) >= {
+            "path",
+            "message_id",
+            "spam",
+            "phishing",
+            "category",
+            "priority",
+            "summary",
+            "actions",
+            "stage",
+            "elapsed_ms",
+        }
         assert set(row["spam"]) == {"score", "verdict"} and set(row["priority"]) == {"important", "score"}
-        assert set(row["category"]["scores"]) == {"personal", "newsletter", "notification", "transactional", "social"}
+        assert set(row["category"]["scores"]) == {
+            "personal",
+            "newsletter",
+            "notification",
+            "transactional",
+            "social",
+        }
     by_id = {r["message_id"]: r for r in rows}
     assert by_id["n1@shop.example"]["category"]["label"] == "newsletter"
     assert by_id["p1@mail.test"]["category"]["label"] == "personal"

@@ -52,8 +52,15 @@ async def test_error_falls_back_to_rules_and_is_counted() -> None:
 
 
 def _verdict(spam: float, phishing: float) -> Verdict:
-    return Verdict(spam_score=spam, phishing_score=phishing, category="personal", category_scores={},
-                   important=False, priority_score=0.0, summary="")
+    return Verdict(
+        spam_score=spam,
+        phishing_score=phishing,
+        category="personal",
+        category_scores={},
+        important=False,
+        priority_score=0.0,
+        summary="",
+    )
 
 
 def test_policy_takes_the_strictest_action() -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Peers, free_port
+from gatewayd_proc import Gatewayd
 
 from gatewayd.store.facade import Store
-from conftest import Peers, free_port
-from gatewayd_proc import Gatewayd, gatewayd_factory  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.peers
 
@@ -28,11 +28,20 @@ def _subject() -> str:
     return f"gw-test {uuid.uuid4().hex[:12]}"
 
 
-def _send(gw: Gatewayd, subject: str, body: str = "Hello Alice, see you tomorrow.", *, rcpt: str = "alice@mail.test",
-          sender: str = "bob@mail.test", extra_headers: str = "") -> str:
-    msg = (f"From: Bob <{sender}>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
-           f"Message-ID: <{uuid.uuid4().hex}@mail.test>\r\nDate: Wed, 18 Nov 2026 10:00:00 +0000\r\n"
-           f"{extra_headers}\r\n{body}\r\n")
+def _send(
+    gw: Gatewayd,
+    subject: str,
+    body: str = "Hello Alice, see you tomorrow.",
+    *,
+    rcpt: str = "alice@mail.test",
+    sender: str = "bob@mail.test",
+    extra_headers: str = "",
+) -> str:
+    msg = (
+        f"From: Bob <{sender}>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@mail.test>\r\nDate: Wed, 18 Nov 2026 10:00:00 +0000\r\n"
+        f"{extra_headers}\r\n{body}\r\n"
+    )
     with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as smtp:
         smtp.sendmail(sender, [rcpt], msg.encode())
     return msg
@@ -53,14 +62,33 @@ def _records(gw: Gatewayd, message_id: str) -> list[Any]:
     return asyncio.run(find())
 
 
-def test_swaks_through_gatewayd_into_dovecot_with_verdict_headers(peers: Peers, gatewayd_factory: Any) -> None:
+def test_swaks_through_gatewayd_into_dovecot_with_verdict_headers(
+    peers: Peers, gatewayd_factory: Any
+) -> None:
     gw = gatewayd_factory(peers.smtp_port).start()
     subject = _subject()
     out = subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{gw.smtp_port}", "--from", "bob@mail.test", "--to", "alice@mail.test",
-         "--header", f"Subject: {subject}", "--header", "X-Spam-Flag: YES", "--header", "X-Gatewayd-Category: x",
-         "--body", "Hi Alice,\n\nPlease send the report by Friday.\n\n-- \nBob"],
-        capture_output=True, text=True, timeout=60)
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{gw.smtp_port}",
+            "--from",
+            "bob@mail.test",
+            "--to",
+            "alice@mail.test",
+            "--header",
+            f"Subject: {subject}",
+            "--header",
+            "X-Spam-Flag: YES",
+            "--header",
+            "X-Gatewayd-Category: x",
+            "--body",
+            "Hi Alice,\n\nPlease send the report by Friday.\n\n-- \nBob",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "250 2.0.0 OK queued as" in out.stdout
     raw = peers.wait_for_message("alice", subject)
@@ -78,8 +106,9 @@ def test_swaks_through_gatewayd_into_dovecot_with_verdict_headers(peers: Peers, 
     [record] = _records(gw, message_id)
     assert record.id == gw_id
     assert record.subject == subject and record.accounts == ["alice@mail.test"]
-    gw.wait_until(lambda: _records(gw, message_id)[0].delivery_state == "delivered",
-                  what="delivery state recorded")
+    gw.wait_until(
+        lambda: _records(gw, message_id)[0].delivery_state == "delivered", what="delivery state recorded"
+    )
     assert gw.metric("gatewayd_smtp_messages_total", result="accepted") == 1
 
 
@@ -87,8 +116,10 @@ def test_smtplib_utf8_and_8bit_message_arrives_intact(peers: Peers, gatewayd_fac
     gw = gatewayd_factory(peers.smtp_port).start()
     subject = _subject()
     body = "Grüße aus Köln — 東京で会いましょう。".encode()
-    msg = (f"From: bob@mail.test\r\nTo: alice@mail.test\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
-           "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode() + body
+    msg = (
+        f"From: bob@mail.test\r\nTo: alice@mail.test\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode() + body
     with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as smtp:
         smtp.ehlo()
         assert smtp.has_extn("8bitmime") and smtp.has_extn("smtputf8") and smtp.has_extn("pipelining")
@@ -112,8 +143,9 @@ def test_upstream_down_then_up_all_50_arrive(smtp_sink: Any, gatewayd_factory: A
     sink = smtp_sink(port=port, dump=True)
     gw.cli("queue", "flush")
     got = sink.wait_for_messages(50, timeout=60)
-    assert sorted(m.data.split(b"Subject: ")[1].split(b"\n")[0] for m in got) == \
-        sorted(f"queued {i}".encode() for i in range(50))
+    assert sorted(m.data.split(b"Subject: ")[1].split(b"\n")[0] for m in got) == sorted(
+        f"queued {i}".encode() for i in range(50)
+    )
     gw.wait_until(lambda: gw.metric("gatewayd_spool_messages") == 0, what="empty spool")
 
 
@@ -126,7 +158,9 @@ def test_kill_9_with_spooled_mail_then_restart_delivers_all(smtp_sink: Any, gate
         for i in range(20):
             smtp.mail("bob@mail.test")
             smtp.rcpt("alice@mail.test")
-            code, reply = smtp.data(f"Subject: crash {i}\r\nMessage-ID: <crash-{i}@t>\r\n\r\nbody\r\n".encode())
+            code, reply = smtp.data(
+                f"Subject: crash {i}\r\nMessage-ID: <crash-{i}@t>\r\n\r\nbody\r\n".encode()
+            )
             assert code == 250
             ids.append(reply.decode().rsplit(" ", 1)[1])
     gw.kill()  # SIGKILL right after the 250s: nothing flushed on the way out
@@ -143,7 +177,9 @@ def test_permanent_failure_bounces_to_sender(peers: Peers, gatewayd_factory: Any
     gw = gatewayd_factory(peers.smtp_port).start()
     subject = _subject()
     _send(gw, subject, rcpt="nobody@mail.test", sender="alice@mail.test")  # Postfix: 550 unknown user
-    dsn = _headers(peers.wait_for_message("alice", lambda raw: b"Undelivered Mail" in raw and subject.encode() in raw))
+    dsn = _headers(
+        peers.wait_for_message("alice", lambda raw: b"Undelivered Mail" in raw and subject.encode() in raw)
+    )
     assert dsn.get_content_type() == "multipart/report"
     assert dsn.get_param("report-type") == "delivery-status"
     text = dsn.as_string()
@@ -156,8 +192,10 @@ def test_soft_failure_is_retried_not_bounced(smtp_sink: Any, gatewayd_factory: A
     sink = smtp_sink(soft_reject="RCPT")
     gw = gatewayd_factory(sink.port).start()
     _send(gw, "soft")
-    gw.wait_until(lambda: gw.metric("gatewayd_delivery_recipients_total", result="deferred") >= 2,
-                  what="two deferred attempts")
+    gw.wait_until(
+        lambda: gw.metric("gatewayd_delivery_recipients_total", result="deferred") >= 2,
+        what="two deferred attempts",
+    )
     assert gw.metric("gatewayd_delivery_recipients_total", result="bounced") == 0
     assert gw.metric("gatewayd_spool_messages") == 1
 
@@ -176,7 +214,7 @@ def test_oversize_is_refused_with_552(smtp_sink: Any, gatewayd_factory: Any) -> 
         for line in (b"EHLO t", b"MAIL FROM:<bob@mail.test>", b"RCPT TO:<alice@mail.test>", b"DATA"):
             f.write(line + b"\r\n")
             f.flush()
-            while (reply := f.readline())[3:4] == b"-":
+            while f.readline()[3:4] == b"-":
                 pass
         f.write(big + b".\r\n")
         f.flush()
@@ -187,19 +225,29 @@ def test_oversize_is_refused_with_552(smtp_sink: Any, gatewayd_factory: Any) -> 
     assert len(sink.wait_for_messages(1)) == 1
 
 
-@pytest.mark.parametrize("name,data", [
-    ("malformed_mime", b"Subject: broken\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n--zz\r\n"
-                       b"Content-Type: text/plain; charset=bogus-charset\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-                       b"!!!not base64!!!\r\n--zz"),
-    ("eight_bit_garbage", b"Subject: \xff\xfe\xfa garbage\r\n\r\n\x80\x81\x82\xc3\x28 invalid utf-8\r\n"),
-    ("bare_lf", b"Subject: bare lf\nX-Test: 1\n\nline one\nline two\n"),
-    ("nul_bytes", b"Subject: nul\r\n\r\nbefore\x00after\r\n"),
-    ("no_headers_at_all", b"just a body line, no header block\r\n"),
-    ("header_injection", b"Subject: hi\r\nX-Gatewayd-Id: FAKE\r\nX-Spam-Score: -100\r\n\t folded spoof\r\n"
-                         b"X-Spam-Status: No\r\n\r\nbody\r\n"),
-])
-def test_bad_input_is_relayed_or_refused_never_lost(name: str, data: bytes, smtp_sink: Any,
-                                                    gatewayd_factory: Any) -> None:
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        (
+            "malformed_mime",
+            b'Subject: broken\r\nContent-Type: multipart/mixed; boundary="zz"\r\n\r\n--zz\r\n'
+            b"Content-Type: text/plain; charset=bogus-charset\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            b"!!!not base64!!!\r\n--zz",
+        ),
+        ("eight_bit_garbage", b"Subject: \xff\xfe\xfa garbage\r\n\r\n\x80\x81\x82\xc3\x28 invalid utf-8\r\n"),
+        ("bare_lf", b"Subject: bare lf\nX-Test: 1\n\nline one\nline two\n"),
+        ("nul_bytes", b"Subject: nul\r\n\r\nbefore\x00after\r\n"),
+        ("no_headers_at_all", b"just a body line, no header block\r\n"),
+        (
+            "header_injection",
+            b"Subject: hi\r\nX-Gatewayd-Id: FAKE\r\nX-Spam-Score: -100\r\n\t folded spoof\r\n"
+            b"X-Spam-Status: No\r\n\r\nbody\r\n",
+        ),
+    ],
+)
+def test_bad_input_is_relayed_or_refused_never_lost(
+    name: str, data: bytes, smtp_sink: Any, gatewayd_factory: Any
+) -> None:
     sink = smtp_sink(dump=True)
     gw = gatewayd_factory(sink.port).start()
     with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=30) as sock:
@@ -231,15 +279,24 @@ def test_bad_input_is_relayed_or_refused_never_lost(name: str, data: bytes, smtp
 
 def _auth_gateway(peers: Peers, gatewayd_factory: Any, **smtp: Any) -> Gatewayd:
     port = free_port()
-    gw = gatewayd_factory(peers.smtp_port, smtp={"submission_listen": [f"127.0.0.1:{port}"],
-                                                 "allow_plaintext_auth": True, "auth_failure_delay": 0.0,
-                                                 "auth_max_failures": 3, **smtp},
-                          smtp__upstream={"auth_port": peers.submission_port}).start()
+    gw = gatewayd_factory(
+        peers.smtp_port,
+        smtp={
+            "submission_listen": [f"127.0.0.1:{port}"],
+            "allow_plaintext_auth": True,
+            "auth_failure_delay": 0.0,
+            "auth_max_failures": 3,
+            **smtp,
+        },
+        smtp__upstream={"auth_port": peers.submission_port},
+    ).start()
     gw.submission_port = port  # type: ignore[attr-defined]
     return gw
 
 
-def test_submission_auth_passes_through_and_wrong_password_is_throttled(peers: Peers, gatewayd_factory: Any) -> None:
+def test_submission_auth_passes_through_and_wrong_password_is_throttled(
+    peers: Peers, gatewayd_factory: Any
+) -> None:
     gw = _auth_gateway(peers, gatewayd_factory)
     port = gw.submission_port  # type: ignore[attr-defined]
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
@@ -268,9 +325,12 @@ def test_submission_auth_passes_through_and_wrong_password_is_throttled(peers: P
 
 def test_submission_requires_starttls_before_auth(peers: Peers, gatewayd_factory: Any, tls_ca: Any) -> None:
     port = free_port()
-    gw = gatewayd_factory(peers.smtp_port, smtp={"submission_listen": [f"127.0.0.1:{port}"]},
-                          smtp__upstream={"auth_port": peers.submission_port},
-                          tls={"cert": str(tls_ca.cert_path), "key": str(tls_ca.key_path)}).start()
+    gatewayd_factory(
+        peers.smtp_port,
+        smtp={"submission_listen": [f"127.0.0.1:{port}"]},
+        smtp__upstream={"auth_port": peers.submission_port},
+        tls={"cert": str(tls_ca.cert_path), "key": str(tls_ca.key_path)},
+    ).start()
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.ehlo()
         assert not smtp.has_extn("auth") and smtp.has_extn("starttls")
@@ -314,7 +374,9 @@ def test_queue_hold_delete_and_offline_list(gatewayd_factory: Any) -> None:
     gw.cli("queue", "delete", second)
     assert gw.cli("queue", "delete", "NOSUCHID", check=False).returncode == 1
     assert gw.stop() == 0
-    offline = __import__("json").loads(gw.cli("queue", "list", "--json").stdout)  # daemon down: reads the spool
+    offline = __import__("json").loads(
+        gw.cli("queue", "list", "--json").stdout
+    )  # daemon down: reads the spool
     assert offline["offline"] is True
     assert [(r["id"], r["state"]) for r in offline["messages"]] == [(first, "hold")]
 
@@ -342,16 +404,24 @@ def test_metrics_pass_promtool(peers: Peers, gatewayd_factory: Any) -> None:
     gw = gatewayd_factory(peers.smtp_port).start()
     _send(gw, _subject())
     text = gw.metrics()
-    for name in ("gatewayd_smtp_messages_total", "gatewayd_analysis_seconds_bucket", "gatewayd_delivery_seconds_bucket",
-                 "gatewayd_spool_messages", "gatewayd_spool_oldest_age_seconds", "gatewayd_upstream_errors_total",
-                 "gatewayd_smtp_auth_total", "gatewayd_analysis_fallbacks_total"):
+    for name in (
+        "gatewayd_smtp_messages_total",
+        "gatewayd_analysis_seconds_bucket",
+        "gatewayd_delivery_seconds_bucket",
+        "gatewayd_spool_messages",
+        "gatewayd_spool_oldest_age_seconds",
+        "gatewayd_upstream_errors_total",
+        "gatewayd_smtp_auth_total",
+        "gatewayd_analysis_fallbacks_total",
+    ):
         assert name in text or name.removesuffix("_total") in text, name
     promtool = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert promtool.returncode == 0, promtool.stdout + promtool.stderr
 
 
-def test_starttls_on_relay_listener_and_sighup_reload(smtp_sink: Any, gatewayd_factory: Any, tls_ca: Any,
-                                                     tmp_path: Path) -> None:
+def test_starttls_on_relay_listener_and_sighup_reload(
+    smtp_sink: Any, gatewayd_factory: Any, tls_ca: Any, tmp_path: Path
+) -> None:
     sink = smtp_sink(dump=True)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_bytes(Path(tls_ca.cert_path).read_bytes())
@@ -371,25 +441,36 @@ def test_starttls_on_relay_listener_and_sighup_reload(smtp_sink: Any, gatewayd_f
 
 
 def test_upstream_starttls_verifies_the_certificate(peers: Peers, gatewayd_factory: Any, tls_ca: Any) -> None:
-    trusted = gatewayd_factory(peers.smtp_port, name="trusted",
-                               smtp__upstream={"tls": "starttls", "ca_file": str(peers.cert)}).start()
+    trusted = gatewayd_factory(
+        peers.smtp_port, name="trusted", smtp__upstream={"tls": "starttls", "ca_file": str(peers.cert)}
+    ).start()
     subject = _subject()
     _send(trusted, subject)
     raw = peers.wait_for_message("alice", subject)
     assert b"(Postfix) with ESMTPS id" in raw  # the hop from gatewayd to Postfix was encrypted
 
-    untrusted = gatewayd_factory(peers.smtp_port, name="untrusted",  # a CA that did not sign Postfix's cert
-                                 smtp__upstream={"tls": "starttls", "ca_file": str(tls_ca.ca_path)}).start()
+    untrusted = gatewayd_factory(
+        peers.smtp_port,
+        name="untrusted",  # a CA that did not sign Postfix's cert
+        smtp__upstream={"tls": "starttls", "ca_file": str(tls_ca.ca_path)},
+    ).start()
     _send(untrusted, _subject())
-    untrusted.wait_until(lambda: untrusted.metric("gatewayd_upstream_errors_total") >= 1, what="a TLS failure")
+    untrusted.wait_until(
+        lambda: untrusted.metric("gatewayd_upstream_errors_total") >= 1, what="a TLS failure"
+    )
     assert untrusted.metric("gatewayd_delivery_recipients_total", result="delivered") == 0
     assert untrusted.metric("gatewayd_spool_messages") == 1  # kept for a retry, not lost
 
 
 def test_expired_message_is_bounced_after_max_age(gatewayd_factory: Any) -> None:
-    gw = gatewayd_factory(free_port(), spool={"max_age": "1s", "retry_min": "0.2s", "retry_max": "0.2s"}).start()
+    gw = gatewayd_factory(
+        free_port(), spool={"max_age": "1s", "retry_min": "0.2s", "retry_max": "0.2s"}
+    ).start()
     _send(gw, "will expire", sender="carol@mail.test")
-    gw.wait_until(lambda: gw.metric("gatewayd_delivery_recipients_total", result="bounced") == 1,
-                  what="expiry bounce")
+    gw.wait_until(
+        lambda: gw.metric("gatewayd_delivery_recipients_total", result="bounced") == 1, what="expiry bounce"
+    )
     rows = __import__("json").loads(gw.cli("queue", "list", "--json").stdout)["messages"]
-    assert [(r["mail_from"], r["pending"]) for r in rows] == [("", ["carol@mail.test"])]  # only the DSN is left
+    assert [(r["mail_from"], r["pending"]) for r in rows] == [
+        ("", ["carol@mail.test"])
+    ]  # only the DSN is left

@@ -43,7 +43,7 @@ class Pipeline:
             metrics.FALLBACKS.labels(reason=reason).inc(len(batch))
             verdicts = [replace(v, fallback_reason=reason) for v in await self.fallback.classify_many(batch)]
         elapsed = time.perf_counter() - started
-        for verdict in verdicts:
+        for _ in verdicts:
             metrics.ANALYSIS_SECONDS.observe(elapsed / len(batch))
         return verdicts
 

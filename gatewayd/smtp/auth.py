@@ -54,7 +54,7 @@ class UpstreamAuthenticator:
         return min(5.0, self.settings.auth_failure_delay * self.recent_failures(client))
 
     async def verify(self, client: str, login: bytes, password: bytes) -> None:
-        """Return if upstream accepts the credentials; raise Unauthorized, Throttled or UpstreamUnavailable."""
+        """Return if upstream accepts the login; else raise Unauthorized, Throttled or UpstreamUnavailable."""
         self.penalty(client)
         digest = self._digest(login, password)
         now = time.monotonic()
@@ -64,12 +64,21 @@ class UpstreamAuthenticator:
         up = self.settings.upstream
         port = up.auth_port or up.port
         tls = up.auth_tls or up.tls
-        smtp = aiosmtplib.SMTP(hostname=up.auth_host or up.host, port=port, timeout=up.timeout,
-                               local_hostname=self.hostname, use_tls=tls == "tls",
-                               start_tls=tls == "starttls", tls_context=self._tls, validate_certs=up.verify)
+        smtp = aiosmtplib.SMTP(
+            hostname=up.auth_host or up.host,
+            port=port,
+            timeout=up.timeout,
+            local_hostname=self.hostname,
+            use_tls=tls == "tls",
+            start_tls=tls == "starttls",
+            tls_context=self._tls,
+            validate_certs=up.verify,
+        )
         try:
             await smtp.connect()
-            await smtp.login(login.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape"))
+            await smtp.login(
+                login.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape")
+            )
         except aiosmtplib.SMTPAuthenticationError:
             self._failures[client].append(time.monotonic())
             metrics.AUTH.labels(result="failed").inc()

@@ -27,21 +27,37 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\r", " ").replace("\n", " ").split())
 
 
-def build_dsn(*, original: bytes, sender: str, failures: list[Failure], reporting_mta: str,
-              arrival: dt.datetime, gw_id: str) -> bytes:
+def build_dsn(
+    *,
+    original: bytes,
+    sender: str,
+    failures: list[Failure],
+    reporting_mta: str,
+    arrival: dt.datetime,
+    gw_id: str,
+) -> bytes:
     """A multipart/report DSN to ``sender`` with one per-recipient block per failure and the original
     headers (not the body: that would re-deliver possible spam to the sender)."""
     boundary = f"gw-dsn-{uuid.uuid4().hex}"
     now = email.utils.format_datetime(dt.datetime.now(dt.UTC))
     human = "\r\n".join(
-        ["This is the mail system at host " + reporting_mta + ".", "",
-         "Your message could not be delivered to one or more recipients.", ""]
-        + [f"<{f.recipient}>: {_clean(f.diagnostic)}" for f in failures])
+        [
+            "This is the mail system at host " + reporting_mta + ".",
+            "",
+            "Your message could not be delivered to one or more recipients.",
+            "",
+        ]
+        + [f"<{f.recipient}>: {_clean(f.diagnostic)}" for f in failures]
+    )
     per_rcpt = "\r\n\r\n".join(
         f"Final-Recipient: rfc822; {f.recipient}\r\nAction: failed\r\nStatus: {f.status}\r\n"
-        f"Diagnostic-Code: smtp; {_clean(f.diagnostic)}" for f in failures)
-    status = (f"Reporting-MTA: dns; {reporting_mta}\r\nX-Gatewayd-Queue-ID: {gw_id}\r\n"
-              f"Arrival-Date: {email.utils.format_datetime(arrival)}\r\n\r\n{per_rcpt}\r\n")
+        f"Diagnostic-Code: smtp; {_clean(f.diagnostic)}"
+        for f in failures
+    )
+    status = (
+        f"Reporting-MTA: dns; {reporting_mta}\r\nX-Gatewayd-Queue-ID: {gw_id}\r\n"
+        f"Arrival-Date: {email.utils.format_datetime(arrival)}\r\n\r\n{per_rcpt}\r\n"
+    )
     parts = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
         f"To: <{sender}>",

@@ -50,8 +50,15 @@ def _mail_options(smtp: aiosmtplib.SMTP, raw: bytes) -> list[str]:
 class Deliverer:
     """Runs ``max_connections`` workers, each keeping one upstream connection open between messages."""
 
-    def __init__(self, spool: Spool, upstream: UpstreamSMTP, policy: SpoolSection, *, hostname: str,
-                 on_state: StateCallback) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        upstream: UpstreamSMTP,
+        policy: SpoolSection,
+        *,
+        hostname: str,
+        on_state: StateCallback,
+    ) -> None:
         self.spool = spool
         self.upstream = upstream
         self.policy = policy
@@ -60,8 +67,7 @@ class Deliverer:
         self._queue: asyncio.Queue[Entry] = asyncio.Queue()
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
-        self._tls = (client_tls_context(upstream.ca_file, upstream.verify)
-                     if upstream.tls != "none" else None)
+        self._tls = client_tls_context(upstream.ca_file, upstream.verify) if upstream.tls != "none" else None
 
     def kick(self) -> None:
         """New work or a flush: look at the spool now."""
@@ -80,8 +86,11 @@ class Deliverer:
                 if entry.id not in self._inflight:
                     self._inflight.add(entry.id)
                     self._queue.put_nowait(entry)
-            waits = [e.next_attempt - now for e in self.spool.entries.values()
-                     if not e.done and e.pending and e.id not in self._inflight]
+            waits = [
+                e.next_attempt - now
+                for e in self.spool.entries.values()
+                if not e.done and e.pending and e.id not in self._inflight
+            ]
             timeout = min([5.0, *waits])
             self._wake.clear()
             try:
@@ -92,10 +101,16 @@ class Deliverer:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         up = self.upstream
-        smtp = aiosmtplib.SMTP(hostname=up.host, port=up.port, timeout=up.timeout,
-                               local_hostname=up.helo_name or self.hostname,
-                               use_tls=up.tls == "tls", start_tls=up.tls == "starttls",
-                               tls_context=self._tls, validate_certs=up.verify)
+        smtp = aiosmtplib.SMTP(
+            hostname=up.host,
+            port=up.port,
+            timeout=up.timeout,
+            local_hostname=up.helo_name or self.hostname,
+            use_tls=up.tls == "tls",
+            start_tls=up.tls == "starttls",
+            tls_context=self._tls,
+            validate_certs=up.verify,
+        )
         await smtp.connect()
         return smtp
 
@@ -125,8 +140,13 @@ class Deliverer:
                     smtp = await self._connect()
                 outcome = await self._send(smtp, entry, raw)
                 break
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
-                    aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPHeloError, OSError) as exc:
+            except (
+                aiosmtplib.SMTPServerDisconnected,
+                aiosmtplib.SMTPConnectError,
+                aiosmtplib.SMTPTimeoutError,
+                aiosmtplib.SMTPHeloError,
+                OSError,
+            ) as exc:
                 if smtp is not None:
                     smtp.close()
                 smtp = None
@@ -135,7 +155,9 @@ class Deliverer:
                 kind = type(exc).__name__
                 metrics.UPSTREAM_ERRORS.labels(kind=kind).inc()
                 log.warning("event=upstream_error id=%s error=%s", entry.id, kind)
-                outcome = Outcome([], [], {r: f"451 4.4.1 upstream unreachable ({kind})" for r in entry.pending})
+                outcome = Outcome(
+                    [], [], {r: f"451 4.4.1 upstream unreachable ({kind})" for r in entry.pending}
+                )
                 break
         self._apply(entry, raw, outcome)
         metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
@@ -179,29 +201,52 @@ class Deliverer:
             entry.attempts += 1
             entry.last_error = next(iter(outcome.deferred.values()))
             if now - entry.received_at >= self.policy.max_age:
-                failures += [Failure(r, "4.4.7", f"{outcome.deferred[r]} (gave up after {entry.attempts} attempts)")
-                             for r in entry.pending]
+                failures += [
+                    Failure(r, "4.4.7", f"{outcome.deferred[r]} (gave up after {entry.attempts} attempts)")
+                    for r in entry.pending
+                ]
                 entry.pending = []
             else:
                 delay = min(self.policy.retry_max, self.policy.retry_min * 2 ** (entry.attempts - 1))
                 entry.next_attempt = now + delay
                 metrics.DELIVERIES.labels(result="deferred").inc(len(entry.pending))
-                log.info("event=delivery_deferred id=%s rcpts=%d attempts=%d retry_in=%.0f reply=%r",
-                         entry.id, len(entry.pending), entry.attempts, delay, entry.last_error)
+                log.info(
+                    "event=delivery_deferred id=%s rcpts=%d attempts=%d retry_in=%.0f reply=%r",
+                    entry.id,
+                    len(entry.pending),
+                    entry.attempts,
+                    delay,
+                    entry.last_error,
+                )
         if failures:
             metrics.DELIVERIES.labels(result="bounced").inc(len(failures))
             self._bounce(entry, raw, failures)
         if not entry.pending:
             entry.done = True
-        state = ("deferred" if entry.pending else
-                 "bounced" if failures and not outcome.delivered else
-                 "partial" if failures else "delivered")
-        detail = ("; ".join(f.diagnostic for f in failures) or entry.last_error) if entry.pending or failures else ""
+        state = (
+            "deferred"
+            if entry.pending
+            else "bounced"
+            if failures and not outcome.delivered
+            else "partial"
+            if failures
+            else "delivered"
+        )
+        detail = (
+            ("; ".join(f.diagnostic for f in failures) or entry.last_error)
+            if entry.pending or failures
+            else ""
+        )
         self.spool.update(entry)
         self.on_state(entry, state, detail)
         if entry.done:
-            log.info("event=delivery_done id=%s state=%s delivered=%d failed=%d",
-                     entry.id, state, len(outcome.delivered), len(failures))
+            log.info(
+                "event=delivery_done id=%s state=%s delivered=%d failed=%d",
+                entry.id,
+                state,
+                len(outcome.delivered),
+                len(failures),
+            )
 
     def _bounce(self, entry: Entry, raw: bytes, failures: list[Failure]) -> None:
         for f in failures:
@@ -209,8 +254,14 @@ class Deliverer:
         # Never bounce a bounce (null sender), nor mail from MAILER-DAEMON: that loops.
         if not entry.mail_from or entry.mail_from.lower().startswith("mailer-daemon@"):
             return
-        dsn = build_dsn(original=raw, sender=entry.mail_from, failures=failures, reporting_mta=self.hostname,
-                        arrival=dt.datetime.fromtimestamp(entry.received_at, dt.UTC), gw_id=entry.id)
+        dsn = build_dsn(
+            original=raw,
+            sender=entry.mail_from,
+            failures=failures,
+            reporting_mta=self.hostname,
+            arrival=dt.datetime.fromtimestamp(entry.received_at, dt.UTC),
+            gw_id=entry.id,
+        )
         bounce = self.spool.add("", [entry.mail_from], dsn, {"bounce_of": entry.id})
         bounce.recorded = True  # bounces are not user mail: nothing to record
         self.spool.update(bounce)

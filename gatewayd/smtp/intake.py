@@ -39,30 +39,66 @@ class Envelope:
 def received_header(env: Envelope, gw_id: str, hostname: str) -> bytes:
     helo = re.sub(r"[^\w.\-\[\]:]", "", env.helo)[:255] or "unknown"
     stamp = email.utils.format_datetime(dt.datetime.now(dt.UTC).astimezone())
-    lines = [f"Received: from {helo} ([{env.peer_ip}])", f"\tby {hostname} (gatewayd) with {env.protocol} id {gw_id}"]
+    lines = [
+        f"Received: from {helo} ([{env.peer_ip}])",
+        f"\tby {hostname} (gatewayd) with {env.protocol} id {gw_id}",
+    ]
     lines.append(f"\tfor <{env.rcpts[0]}>; {stamp}" if len(env.rcpts) == 1 else f"\t; {stamp}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
-def to_record(gw_id: str, facts: MessageFacts, verdict: Verdict, env: Envelope, action: str,
-              policy: PolicySection, size: int) -> MessageRecord:
+def to_record(
+    gw_id: str,
+    facts: MessageFacts,
+    verdict: Verdict,
+    env: Envelope,
+    action: str,
+    policy: PolicySection,
+    size: int,
+) -> MessageRecord:
     accounts = sorted({r.lower() for r in env.rcpts} | ({env.login.lower()} if env.login else set()))
     return MessageRecord(
-        id=gw_id, message_id=facts.message_id, accounts=accounts, mail_from=env.mail_from,
-        rcpt_to=list(env.rcpts), from_addr=facts.from_addr, to_addrs=list(facts.to), subject=facts.subject[:998],
-        date=facts.date, size=size, spam_score=verdict.spam_score,
-        is_spam=verdict.is_spam(policy.spam_threshold), phishing_score=verdict.phishing_score,
-        is_phishing=verdict.is_phishing(policy.phishing_threshold), category=verdict.category,
-        important=verdict.important, priority_score=verdict.priority_score, summary=verdict.summary,
+        id=gw_id,
+        message_id=facts.message_id,
+        accounts=accounts,
+        mail_from=env.mail_from,
+        rcpt_to=list(env.rcpts),
+        from_addr=facts.from_addr,
+        to_addrs=list(facts.to),
+        subject=facts.subject[:998],
+        date=facts.date,
+        size=size,
+        spam_score=verdict.spam_score,
+        is_spam=verdict.is_spam(policy.spam_threshold),
+        phishing_score=verdict.phishing_score,
+        is_phishing=verdict.is_phishing(policy.phishing_threshold),
+        category=verdict.category,
+        important=verdict.important,
+        priority_score=verdict.priority_score,
+        summary=verdict.summary,
         actions=[{"text": a.text, "due": a.due.isoformat() if a.due else None} for a in verdict.actions],
-        stage=verdict.stage, action=action,
-        delivery_state="quarantined" if action == "quarantine" else "rejected" if action == "reject" else "queued",
-        source="smtp")
+        stage=verdict.stage,
+        action=action,
+        delivery_state="quarantined"
+        if action == "quarantine"
+        else "rejected"
+        if action == "reject"
+        else "queued",
+        source="smtp",
+    )
 
 
 class Intake:
-    def __init__(self, *, spool: Spool, pipeline: Pipeline, recorder: Recorder, deliverer: Deliverer,
-                 policy: PolicySection, hostname: str) -> None:
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        pipeline: Pipeline,
+        recorder: Recorder,
+        deliverer: Deliverer,
+        policy: PolicySection,
+        hostname: str,
+    ) -> None:
         self.spool = spool
         self.pipeline = pipeline
         self.recorder = recorder
@@ -89,12 +125,23 @@ class Intake:
         if action == "reject":
             metrics.MESSAGES.labels(result="rejected").inc()
             self.recorder.record(record, None)
-            log.info("event=message_rejected id=%s from=%s rcpts=%d spam=%.3f phishing=%.3f",
-                     gw_id, env.mail_from, len(env.rcpts), verdict.spam_score, verdict.phishing_score)
+            log.info(
+                "event=message_rejected id=%s from=%s rcpts=%d spam=%.3f phishing=%.3f",
+                gw_id,
+                env.mail_from,
+                len(env.rcpts),
+                verdict.spam_score,
+                verdict.phishing_score,
+            )
             raise Reject()
         annotated = received_header(env, gw_id, self.hostname) + annotate(
-            raw, verdict, gw_id, spam_threshold=self.policy.spam_threshold,
-            phishing_threshold=self.policy.phishing_threshold, hostname=self.hostname)
+            raw,
+            verdict,
+            gw_id,
+            spam_threshold=self.policy.spam_threshold,
+            phishing_threshold=self.policy.phishing_threshold,
+            hostname=self.hostname,
+        )
         started = time.perf_counter()
         entry = self.spool.add(env.mail_from, list(env.rcpts), annotated, record_to_json(record), gw_id=gw_id)
         if action == "quarantine":
@@ -107,9 +154,17 @@ class Intake:
         else:
             metrics.MESSAGES.labels(result="accepted").inc()
             self.deliverer.kick()
-        log.info("event=message_accepted id=%s action=%s from=%s rcpts=%d size=%d spam=%.3f category=%s stage=%s",
-                 gw_id, action, env.mail_from, len(env.rcpts), len(annotated), verdict.spam_score,
-                 verdict.category, verdict.stage)
+        log.info(
+            "event=message_accepted id=%s action=%s from=%s rcpts=%d size=%d spam=%.3f category=%s stage=%s",
+            gw_id,
+            action,
+            env.mail_from,
+            len(env.rcpts),
+            len(annotated),
+            verdict.spam_score,
+            verdict.category,
+            verdict.stage,
+        )
         return f"250 2.0.0 OK queued as {gw_id}"
 
 

@@ -11,7 +11,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope as AioEnvelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Session
+from aiosmtpd.smtp import Envelope as AioEnvelope
 
 from gatewayd import ids, logs, metrics
 from gatewayd.errors import GatewayError, Reject, Throttled, smtp_reply
@@ -51,29 +52,38 @@ class GatewaySMTP(SMTP):
 
 
 class Handler:
-    def __init__(self, intake: Intake, settings: SMTPSection, *, submission: bool,
-                 authenticator: UpstreamAuthenticator | None) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        settings: SMTPSection,
+        *,
+        submission: bool,
+        authenticator: UpstreamAuthenticator | None,
+    ) -> None:
         self.intake = intake
         self.settings = settings
         self.submission = submission
         self.authenticator = authenticator
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: AioEnvelope, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: AioEnvelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         out = [r for r in responses if not (r.startswith("250-AUTH") and not self.submission)]
         out.insert(-1, "250-PIPELINING")
         out.insert(-1, "250-ENHANCEDSTATUSCODES")
         return out
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: AioEnvelope, address: str,
-                          mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: AioEnvelope, address: str, mail_options: list[str]
+    ) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: AioEnvelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: AioEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Too many recipients"
         if not address or "@" not in address:
@@ -85,11 +95,16 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: AioEnvelope) -> str:
         raw = envelope.original_content or b""
-        tls = server._tls_protocol is not None  # noqa: SLF001 - aiosmtpd exposes no public flag
+        tls = server._tls_protocol is not None
         protocol = "ESMTP" + ("S" if tls else "") + ("A" if session.authenticated else "")
-        env = Envelope(mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
-                       helo=session.host_name or "", peer_ip=str(session.peer[0]) if session.peer else "",
-                       protocol=protocol, login=session.auth_data if isinstance(session.auth_data, str) else "")
+        env = Envelope(
+            mail_from=envelope.mail_from or "",
+            rcpts=tuple(envelope.rcpt_tos),
+            helo=session.host_name or "",
+            peer_ip=str(session.peer[0]) if session.peer else "",
+            protocol=protocol,
+            login=session.auth_data if isinstance(session.auth_data, str) else "",
+        )
         try:
             return await self.intake.accept(env, raw)
         except GatewayError as exc:
@@ -103,8 +118,9 @@ class Handler:
             metrics.MESSAGES.labels(result="tempfail").inc()
             return smtp_reply(exc)
 
-    async def handle_AUTH(self, server: SMTP, session: Session, envelope: AioEnvelope,
-                          args: list[str]) -> str | None:
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: AioEnvelope, args: list[str]
+    ) -> str | None:
         """PLAIN and LOGIN, checked asynchronously against upstream (aiosmtpd's authenticator is sync)."""
         if self.authenticator is None:
             return "504 5.5.4 Unrecognized authentication type"
@@ -125,11 +141,13 @@ class Handler:
         except GatewayError as exc:
             return exc.smtp
         session.authenticated = True
-        session.auth_data = login.decode("utf-8", "replace")
+        session.auth_data = login.decode("utf-8", "replace")  # type: ignore[assignment]
         return "235 2.7.0 Authentication successful"
 
 
-async def _read_credentials(server: SMTP, mechanism: str, args: list[str]) -> tuple[bytes | None, bytes | None]:
+async def _read_credentials(
+    server: SMTP, mechanism: str, args: list[str]
+) -> tuple[bytes | None, bytes | None]:
     def b64(text: str) -> bytes | None:
         try:
             return base64.b64decode(text.encode(), validate=True)
@@ -162,20 +180,37 @@ async def _read_credentials(server: SMTP, mechanism: str, args: list[str]) -> tu
     return None, None
 
 
-def smtp_factory(intake: Intake, settings: SMTPSection, *, submission: bool, hostname: str,
-                 tls_context: Callable[[], ssl.SSLContext | None], registry: set[GatewaySMTP],
-                 authenticator: UpstreamAuthenticator | None, listener: str) -> Callable[[], GatewaySMTP]:
+def smtp_factory(
+    intake: Intake,
+    settings: SMTPSection,
+    *,
+    submission: bool,
+    hostname: str,
+    tls_context: Callable[[], ssl.SSLContext | None],
+    registry: set[GatewaySMTP],
+    authenticator: UpstreamAuthenticator | None,
+    listener: str,
+) -> Callable[[], GatewaySMTP]:
     handler = Handler(intake, settings, submission=submission, authenticator=authenticator)
 
     def make() -> GatewaySMTP:
         ctx = tls_context()
         return GatewaySMTP(
-            handler, registry=registry, listener=listener, hostname=hostname,
-            data_size_limit=settings.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-            tls_context=ctx, require_starttls=False,
-            auth_required=submission, auth_require_tls=submission and not settings.allow_plaintext_auth,
+            handler,
+            registry=registry,
+            listener=listener,
+            hostname=hostname,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=ctx,
+            require_starttls=False,
+            auth_required=submission,
+            auth_require_tls=submission and not settings.allow_plaintext_auth,
             auth_exclude_mechanism=[] if submission else ["PLAIN", "LOGIN"],
-            authenticator=_never, timeout=settings.session_timeout, ident="gatewayd",
+            authenticator=_never,
+            timeout=settings.session_timeout,
+            ident="gatewayd",
         )
 
     return make
@@ -192,4 +227,3 @@ async def start_listeners(addresses: list[str], factory: Callable[[], GatewaySMT
         host, port = parse_hostport(address)
         servers.append(await loop.create_server(factory, host, port, reuse_address=True))
     return servers
-

@@ -6,8 +6,18 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-DeliveryState = Literal["queued", "delivered", "partial", "deferred", "bounced", "quarantined", "rejected", "held",
-                        "deleted", "seen"]
+DeliveryState = Literal[
+    "queued",
+    "delivered",
+    "partial",
+    "deferred",
+    "bounced",
+    "quarantined",
+    "rejected",
+    "held",
+    "deleted",
+    "seen",
+]
 
 
 @dataclass(slots=True)
