@@ -14,6 +14,8 @@ wins on replay. Appends from many sessions are made durable by one fdatasync (gr
 A segment is deleted once it is not the active one and every message whose data it holds is finished;
 before that, the state of live messages last written in it is re-appended to the active segment.
 A torn tail (crash mid-append) is detected by length/CRC and ignored on replay: its sender never got a 250.
+A damaged record elsewhere (bad sector) is skipped up to the next record marker, so one bad record costs
+that record only, not every message after it in the segment.
 """
 
 from __future__ import annotations
@@ -145,49 +147,63 @@ class Spool:
         self._segments[number] = seg
         with path.open("rb") as fh:
             data = fh.read()
-        pos, torn = 0, False
+        pos, skipped = 0, 0
         while pos + _HEAD.size <= len(data):
-            magic, kind, length, crc = _HEAD.unpack_from(data, pos)
-            body_at = pos + _HEAD.size
-            if magic != MAGIC or body_at + length > len(data):
-                torn = True
-                break
-            payload = data[body_at : body_at + length]
-            if zlib.crc32(payload) != crc:
-                torn = True
-                break
-            if kind == MSG:
-                head, _, raw = payload.partition(b"\n")
-                env = json.loads(head)
-                entry = Entry(
-                    id=env["id"],
-                    mail_from=env["mail_from"],
-                    rcpts=env["rcpts"],
-                    pending=list(env["rcpts"]),
-                    received_at=env["received_at"],
-                    size=len(raw),
-                    meta=env.get("meta", {}),
-                    segment=number,
-                    offset=body_at + len(head) + 1,
-                    state_segment=number,
-                )
-                self.entries[entry.id] = entry
-            elif kind == STATE:
-                st = json.loads(payload)
-                entry = self.entries.get(st["id"])  # type: ignore[assignment]
-                if entry is not None:
-                    entry.pending = st["pending"]
-                    entry.attempts = st["attempts"]
-                    entry.next_attempt = st["next_attempt"]
-                    entry.last_error = st.get("last_error", "")
-                    entry.recorded = st["recorded"]
-                    entry.done = st["done"]
-                    entry.state_segment = number
-            pos = body_at + length
-        if torn or pos != len(data):
-            log.warning(
-                "event=spool_torn_tail segment=%s valid_bytes=%d file_bytes=%d", path.name, pos, len(data)
+            record = self._record_at(data, pos)
+            if record is None:
+                # A damaged record (bad sector, or the torn tail of a crash): skip to the next record
+                # marker rather than giving up on every message after it.
+                nxt = data.find(MAGIC, pos + 1)
+                skipped += (len(data) if nxt < 0 else nxt) - pos
+                pos = len(data) if nxt < 0 else nxt
+                continue
+            kind, body_at, payload = record
+            try:
+                self._apply_record(kind, payload, number, body_at)
+            except (ValueError, KeyError, TypeError):
+                skipped += len(payload)
+            pos = body_at + len(payload)
+        skipped += max(0, len(data) - pos)  # a tail too short to hold a record header
+        if skipped:
+            log.warning("event=spool_damaged segment=%s skipped_bytes=%d", path.name, skipped)
+
+    @staticmethod
+    def _record_at(data: bytes, pos: int) -> tuple[bytes, int, bytes] | None:
+        magic, kind, length, crc = _HEAD.unpack_from(data, pos)
+        body_at = pos + _HEAD.size
+        if magic != MAGIC or kind not in (MSG, STATE) or body_at + length > len(data):
+            return None
+        payload = data[body_at : body_at + length]
+        return (kind, body_at, payload) if zlib.crc32(payload) == crc else None
+
+    def _apply_record(self, kind: bytes, payload: bytes, number: int, body_at: int) -> None:
+        if kind == MSG:
+            head, _, raw = payload.partition(b"\n")
+            env = json.loads(head)
+            entry = Entry(
+                id=env["id"],
+                mail_from=env["mail_from"],
+                rcpts=env["rcpts"],
+                pending=list(env["rcpts"]),
+                received_at=env["received_at"],
+                size=len(raw),
+                meta=env.get("meta", {}),
+                segment=number,
+                offset=body_at + len(head) + 1,
+                state_segment=number,
             )
+            self.entries[entry.id] = entry
+            return
+        st = json.loads(payload)
+        known = self.entries.get(st["id"])
+        if known is not None:
+            known.pending = st["pending"]
+            known.attempts = st["attempts"]
+            known.next_attempt = st["next_attempt"]
+            known.last_error = st.get("last_error", "")
+            known.recorded = st["recorded"]
+            known.done = st["done"]
+            known.state_segment = number
 
     def close(self) -> None:
         if self._fd >= 0:
