@@ -30,7 +30,7 @@ from gatewayd.imap.framing import quote
 from gatewayd.imap.session import Throttle
 from gatewayd.imap.watcher import keywords_for, record_from
 from gatewayd.mime import extract_facts
-from gatewayd.settings import Settings, UpstreamIMAP
+from gatewayd.settings import MasterUser, Settings, UpstreamIMAP
 from gatewayd.store.facade import Store
 from gatewayd.store.records import MessageRecord
 
@@ -511,3 +511,28 @@ def test_watcher_reuses_the_verdict_recorded_by_the_smtp_path(
     flags_line = _wait_for_keyword(raw_client, subject, b"$Junk")[0]
     assert b"$Junk" in flags_line
     raw_client.close()
+
+
+def test_master_user_watches_without_a_client(make_proxy: Callable[..., ProxyThread], peers: Peers,
+                                              tmp_path: Path) -> None:
+    if peers.master_user is None:
+        pytest.fail("the peers have no Dovecot master user (tests/peers/start.sh writes master-users)")
+    user = "carol" if "carol" in peers.users else "bob"
+
+    async def open_store() -> Store:
+        return await Store.open(f"sqlite+aiosqlite:///{tmp_path}/gw.db")
+
+    master = MasterUser(enabled=True, user=peers.master_user, password=peers.master_password,
+                        separator=peers.master_separator, users=[user])
+    make_proxy(watch=True, master_user=master, store_factory=open_store, pipeline=_rules_pipeline(),
+               first_scan=50)
+    subject = f"Digest without a client {uuid.uuid4().hex}"
+    raw_msg = message(subject, b"This week's newsletter. Unsubscribe here.\r\n",
+                      List_Unsubscribe="<mailto:unsubscribe@news.example.org>", Precedence="bulk")
+    straight = RawClient(peers.imap_port, timeout=30)  # straight to Dovecot: no proxy session at all
+    straight.line()
+    straight.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
+    straight.until_tagged(b"a2")
+    _deliver(peers, user, raw_msg)
+    assert b"$gw_newsletter" in _wait_for_keyword(straight, subject, b"$gw_newsletter")[0]
+    straight.close()
