@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatewayd.analysis.rules import RulesClassifier
 from gatewayd.intel import features as F
@@ -121,3 +123,15 @@ def test_features_are_stable_and_bounded() -> None:
     assert F.featurize(extract_facts(b""))[0].size > 0  # empty mail still has header facts
     assert "emailaddr" in F.normalise_text("write to ann@example.com")
     assert len(F.encoder_text(extract_facts(_mail("x" * 20_000)))) <= F.ENCODER_CHARS
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=3000))
+def test_features_never_raise_on_arbitrary_mail(raw: bytes) -> None:
+    facts = extract_facts(b"Subject: x\r\n\r\n" + raw)
+    idx, val = F.featurize(facts)
+    assert idx.size == val.size and (idx.size == 0 or (idx.min() >= 0 and idx.max() < F.DIM))
+    assert np.all(np.isfinite(val))
+    assert len(F.encoder_text(facts)) <= F.ENCODER_CHARS
+    F.looks_foreign(facts.text)
+    assert S.lead(facts.text, facts.subject) is not None
