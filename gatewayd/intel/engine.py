@@ -41,9 +41,8 @@ BATCH_SIZE = Histogram(
 STAGE = Counter(
     "gatewayd_model_stage", "Messages by the last cascade stage that decided them", ["stage"]
 )  # fast | encoder | cache
-MODEL_FALLBACKS = Counter(
-    "gatewayd_model_fallbacks", "Messages the rules answered inside the model classifier", ["reason"]
-)  # budget | error | closed
+# Per-message fallbacks to the rules are counted in gatewayd.metrics.FALLBACKS (reason budget | error), the
+# same series the pipeline uses when the whole classifier fails: one event, one name.
 
 FILES = ("manifest.json", "fast.onnx", "encoder.int8.onnx", "tokenizer.json", "encoder_heads.npz")
 MAX_TOKENS = 128
