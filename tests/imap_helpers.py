@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 def imap_settings(port: int, **imap: Any) -> Settings:
     """Settings with one plain IMAP listener on port 0 in front of ``127.0.0.1:port``."""
-    upstream = imap.pop("upstream", None) or UpstreamIMAP(host="127.0.0.1", port=port, timeout=10)
+    upstream = imap.pop("upstream", None) or UpstreamIMAP(host="127.0.0.1", port=port, timeout=60)
     section = IMAPSection(**{"listen": ["127.0.0.1:0"], "allow_plaintext_auth": True, "watch": False,
                              "upstream": upstream, **imap})
     return Settings(imap=section)
@@ -61,7 +61,7 @@ class ProxyThread:
         self.port = ports[0] if n_plain else 0
         self.tls_port = ports[n_plain] if len(ports) > n_plain else 0
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 90) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def connections(self) -> int:
@@ -70,7 +70,7 @@ class ProxyThread:
 
         return self.call(count())
 
-    def wait_connections(self, n: int, timeout: float = 10) -> None:
+    def wait_connections(self, n: int, timeout: float = 30) -> None:
         """Block until the proxy has exactly ``n`` client connections (event-driven on the proxy loop)."""
 
         async def wait() -> None:
@@ -96,7 +96,7 @@ class ProxyThread:
 class RawClient:
     """A line-oriented socket client for what imaplib cannot do (LITERAL+, IDLE, garbage)."""
 
-    def __init__(self, port: int, *, timeout: float = 10, ctx: ssl.SSLContext | None = None) -> None:
+    def __init__(self, port: int, *, timeout: float = 60, ctx: ssl.SSLContext | None = None) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock: socket.socket = ctx.wrap_socket(sock, server_hostname="127.0.0.1") if ctx else sock
         self.file = self.sock.makefile("rb")

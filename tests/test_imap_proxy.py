@@ -76,7 +76,7 @@ def box(peers: Peers) -> Iterator[str]:
 
 
 def client(proxy: ProxyThread, user: str = USER) -> imaplib.IMAP4:
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
     typ, _ = conn.login(user, PASSWORD)
     assert typ == "OK"
     return conn
@@ -98,7 +98,7 @@ def append_straight(peers: Peers, box: str, raw: bytes) -> None:
 
 
 def test_login_and_capabilities_are_filtered(proxy: ProxyThread) -> None:
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
     assert "AUTH=PLAIN" in conn.capabilities and "LITERAL+" in conn.capabilities
     typ, data = conn.login(USER, PASSWORD)
     assert typ == "OK"
@@ -110,7 +110,7 @@ def test_login_and_capabilities_are_filtered(proxy: ProxyThread) -> None:
 
 
 def test_authenticate_plain_with_and_without_initial_response(proxy: ProxyThread) -> None:
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
     typ, _ = conn.authenticate("PLAIN", lambda _: f"\0{USER}\0{PASSWORD}".encode())  # imaplib: no SASL-IR
     assert typ == "OK" and conn.select("INBOX")[0] == "OK"
     conn.logout()
@@ -123,9 +123,9 @@ def test_authenticate_plain_with_and_without_initial_response(proxy: ProxyThread
 
 
 def test_wrong_password_is_authenticationfailed_and_throttled(make_proxy: Callable[..., ProxyThread]) -> None:
-    proxy = make_proxy(throttle=Throttle(delay=0.0, max_failures=3))
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
-    for _ in range(3):
+    proxy = make_proxy(throttle=Throttle(delay=0.0, max_failures=2))
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
+    for _ in range(2):
         with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
             conn.login(USER, "wrong")
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
@@ -135,7 +135,7 @@ def test_wrong_password_is_authenticationfailed_and_throttled(make_proxy: Callab
 
 def test_upstream_down_answers_unavailable_quickly(make_proxy: Callable[..., ProxyThread]) -> None:
     proxy = make_proxy(upstream=UpstreamIMAP(host="127.0.0.1", port=free_port(), timeout=5))
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
     started = time.monotonic()
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
         conn.login(USER, PASSWORD)
@@ -150,7 +150,7 @@ def test_upstream_that_never_answers_times_out(make_proxy: Callable[..., ProxyTh
         silent.listen()
         port = silent.getsockname()[1]
         proxy = make_proxy(upstream=UpstreamIMAP(host="127.0.0.1", port=port, timeout=0.5))
-        conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+        conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
         with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
             conn.login(USER, PASSWORD)
         conn.shutdown()
@@ -286,7 +286,7 @@ def test_client_vanishing_mid_literal_closes_upstream(proxy: ProxyThread, peers:
 
 def test_idle_sees_a_message_delivered_through_postfix(proxy: ProxyThread, peers: Peers) -> None:
     subject = f"idle {uuid.uuid4().hex}"
-    raw = RawClient(proxy.port, timeout=30)
+    raw = RawClient(proxy.port)
     raw.line()
     raw.send(b"a1 LOGIN bob password\r\na2 SELECT INBOX\r\n")
     raw.until_tagged(b"a2")
@@ -333,7 +333,7 @@ def test_shutdown_says_bye(make_proxy: Callable[..., ProxyThread]) -> None:
 def test_logindisabled_until_starttls(make_proxy: Callable[..., ProxyThread], tls_ca: TlsFiles) -> None:
     ctx = tls_ca.server_context()
     proxy = make_proxy(allow_plaintext_auth=False, ssl_context_factory=lambda: ctx)
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
     assert "LOGINDISABLED" in conn.capabilities and "STARTTLS" in conn.capabilities
     with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
         conn.login(USER, PASSWORD)
@@ -349,12 +349,13 @@ def test_implicit_tls_listener_and_tls_upstream(
 ) -> None:
     ctx = tls_ca.server_context()
     for upstream in (
-        UpstreamIMAP(host="127.0.0.1", port=peers.imaps_port, tls="tls", ca_file=str(peers.cert)),
-        UpstreamIMAP(host="127.0.0.1", port=peers.imap_port, tls="starttls", ca_file=str(peers.cert)),
+        UpstreamIMAP(host="127.0.0.1", port=peers.imaps_port, tls="tls", ca_file=str(peers.cert), timeout=60),
+        UpstreamIMAP(host="127.0.0.1", port=peers.imap_port, tls="starttls", ca_file=str(peers.cert),
+                     timeout=60),
     ):
         proxy = make_proxy(listen=[], tls_listen=["127.0.0.1:0"], allow_plaintext_auth=False,
                            ssl_context_factory=lambda: ctx, upstream=upstream)
-        conn = imaplib.IMAP4_SSL("127.0.0.1", proxy.tls_port, ssl_context=tls_ca.client_context(), timeout=15)
+        conn = imaplib.IMAP4_SSL("127.0.0.1", proxy.tls_port, ssl_context=tls_ca.client_context(), timeout=60)
         assert "LOGINDISABLED" not in conn.capabilities
         assert conn.login(USER, PASSWORD)[0] == "OK"
         assert conn.select("INBOX")[0] == "OK"
@@ -366,7 +367,7 @@ def test_upstream_certificate_is_verified(make_proxy: Callable[..., ProxyThread]
     # The peers' certificate is not signed by this CA: the upstream TLS handshake must fail.
     upstream = UpstreamIMAP(host="127.0.0.1", port=peers.imaps_port, tls="tls", ca_file=str(tls_ca.ca_path))
     proxy = make_proxy(upstream=upstream)
-    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=15)
+    conn = imaplib.IMAP4("127.0.0.1", proxy.port, timeout=60)
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
         conn.login(USER, PASSWORD)
     conn.logout()
@@ -465,7 +466,7 @@ def test_watcher_writes_verdict_keywords_and_records_feedback(
                                         extract_facts(raw_msg), user, Settings().policy))
     assert "$gw_newsletter" in expected
 
-    raw_client = RawClient(proxy.port, timeout=30)
+    raw_client = RawClient(proxy.port)
     raw_client.line()
     raw_client.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
     raw_client.until_tagged(b"a2")
@@ -503,7 +504,7 @@ def test_watcher_reuses_the_verdict_recorded_by_the_smtp_path(
     # As the SMTP path would have recorded it: rules alone would never call this spam.
     proxy.call(proxy.store.record_messages([MessageRecord(id=gw_id, message_id="", accounts=[user],
                                                           is_spam=True, spam_score=0.97, subject=subject)]))
-    raw_client = RawClient(proxy.port, timeout=30)
+    raw_client = RawClient(proxy.port)
     raw_client.line()
     raw_client.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
     raw_client.until_tagged(b"a2")
@@ -529,7 +530,7 @@ def test_master_user_watches_without_a_client(make_proxy: Callable[..., ProxyThr
     subject = f"Digest without a client {uuid.uuid4().hex}"
     raw_msg = message(subject, b"This week's newsletter. Unsubscribe here.\r\n",
                       List_Unsubscribe="<mailto:unsubscribe@news.example.org>", Precedence="bulk")
-    straight = RawClient(peers.imap_port, timeout=30)  # straight to Dovecot: no proxy session at all
+    straight = RawClient(peers.imap_port)  # straight to Dovecot: no proxy session at all
     straight.line()
     straight.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
     straight.until_tagged(b"a2")
