@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import Peers, TlsFiles, free_port
+from gatewayd_proc import gatewayd_factory  # noqa: F401  (fixture)
 from imap_helpers import ProxyThread, RawClient, imap_settings
 
 from gatewayd.analysis.pipeline import Pipeline
@@ -537,3 +538,33 @@ def test_master_user_watches_without_a_client(make_proxy: Callable[..., ProxyThr
     _deliver(peers, user, raw_msg)
     assert b"$gw_newsletter" in _wait_for_keyword(straight, subject, b"$gw_newsletter")[0]
     straight.close()
+
+
+def test_mail_through_the_smtp_path_shows_its_verdict_as_keywords_through_the_daemon(
+    peers: Peers, gatewayd_factory: Any,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """The whole gateway: SMTP into gatewayd -> Postfix -> Dovecot; read through gatewayd's IMAP listener."""
+    user = "carol" if "carol" in peers.users else "bob"
+    imap_port = free_port()
+    gw = gatewayd_factory(
+        peers.smtp_port,
+        imap={"listen": [f"127.0.0.1:{imap_port}"], "allow_plaintext_auth": True},
+        imap__upstream={"host": "127.0.0.1", "port": peers.imap_port, "timeout": 60.0},
+    ).start()
+    subject = f"Weekly news {uuid.uuid4().hex}"
+    raw_msg = message(subject, b"This week's newsletter. View it in your browser. Unsubscribe here.\r\n",
+                      List_Unsubscribe="<mailto:unsubscribe@news.example.org>", Precedence="bulk")
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as smtp:
+        smtp.sendmail("sender@example.org", [peers.address(user)], raw_msg)
+    delivered = peers.wait_for_message(user, subject)
+    assert b"X-Gatewayd-Category: newsletter" in delivered
+
+    client_conn = RawClient(imap_port)
+    client_conn.line()
+    client_conn.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
+    client_conn.until_tagged(b"a2")
+    assert b"$gw_newsletter" in _wait_for_keyword(client_conn, subject, b"$gw_newsletter")[0]
+    client_conn.send(b"z LOGOUT\r\n")
+    client_conn.until_tagged(b"z")
+    client_conn.close()
+    assert gw.metric("gatewayd_imap_messages_analysed_total", how="reused") >= 1
