@@ -515,8 +515,9 @@ def test_watcher_reuses_the_verdict_recorded_by_the_smtp_path(
     raw_client.close()
 
 
+@pytest.mark.parametrize("tls", ["none", "starttls", "tls"])
 def test_master_user_watches_without_a_client(make_proxy: Callable[..., ProxyThread], peers: Peers,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, tls: str) -> None:
     if peers.master_user is None:
         pytest.fail("the peers have no Dovecot master user (tests/peers/start.sh writes master-users)")
     user = "carol" if "carol" in peers.users else "bob"
@@ -526,8 +527,10 @@ def test_master_user_watches_without_a_client(make_proxy: Callable[..., ProxyThr
 
     master = MasterUser(enabled=True, user=peers.master_user, password=peers.master_password,
                         separator=peers.master_separator, users=[user])
+    upstream = UpstreamIMAP(host="127.0.0.1", port=peers.imaps_port if tls == "tls" else peers.imap_port,
+                            tls=tls, ca_file=str(peers.cert), timeout=60)  # the watcher's TLS too
     make_proxy(watch=True, master_user=master, store_factory=open_store, pipeline=_rules_pipeline(),
-               first_scan=50)
+               first_scan=50, upstream=upstream)
     subject = f"Digest without a client {uuid.uuid4().hex}"
     raw_msg = message(subject, b"This week's newsletter. Unsubscribe here.\r\n",
                       List_Unsubscribe="<mailto:unsubscribe@news.example.org>", Precedence="bulk")
