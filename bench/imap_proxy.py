@@ -6,7 +6,8 @@
    median wall time and ratio.
 2. Added latency per command: a SELECT / FETCH / UID SEARCH mix over one connection, one command at a
    time, through and straight: p50 / p99 of each and the difference.
-3. Memory: RSS of the proxy process (a child, so the figure is its own) before and with ``--idle`` client
+3. Memory: peak RSS of the proxy while it relays one ``--big-mb`` MB FETCH (streamed, not buffered), then
+   RSS of the proxy process (a child, so the figure is its own) before and with ``--idle`` client
    connections logged in and in IDLE.
 
 The peers must be running (``bash tests/peers/start.sh ROOT``, or any pytest run that uses them).
@@ -61,11 +62,16 @@ def serve(upstream_port: int) -> None:
     asyncio.run(main())
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS:") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
     return 0
+
+
+def hwm_kib(pid: int) -> int:
+    """Peak resident memory of the process so far."""
+    return rss_kib(pid, "VmHWM:")
 
 
 def mbsync_once(port: int, mailbox: str, workdir: Path) -> float:
@@ -139,6 +145,7 @@ def main() -> None:
     ap.add_argument("--commands", type=int, default=3000)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--big-mb", type=int, default=50)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -175,6 +182,24 @@ def main() -> None:
             a, b = pct(lat_s, p) * 1000, pct(lat_t, p) * 1000
             print(f"latency p{p}: straight {a:.3f} ms, through {b:.3f} ms; "
                   f"added (same command, paired) p{p} {pct(added, p) * 1000:.3f} ms")
+
+        big = f"{mailbox}-big"
+        admin.send(b"d CREATE %s\r\n" % big.encode())
+        admin.until_tagged(b"d")
+        body = b"".join(b"%08d %s\r\n" % (i, b"y" * 60) for i in range(args.big_mb * 1024 * 1024 // 71))
+        raw = b"Subject: big\r\n\r\n" + body
+        admin.send(b"e APPEND %s {%d+}\r\n%s\r\n" % (big.encode(), len(raw), raw))
+        admin.until_tagged(b"e")
+        before = hwm_kib(child.pid)
+        conn = RawClient(port, timeout=120)
+        conn.line()
+        conn.send(b"f0 LOGIN alice password\r\nf1 SELECT %s\r\nf2 FETCH 1 BODY.PEEK[]\r\n" % big.encode())
+        got = sum(len(line) for line in conn.until_tagged(b"f2"))
+        conn.close()
+        print(f"FETCH of a {len(raw) / 1e6:.0f} MB message through the proxy ({got / 1e6:.0f} MB read): "
+              f"proxy peak RSS {before / 1024:.1f} -> {hwm_kib(child.pid) / 1024:.1f} MiB")
+        admin.send(b"g DELETE %s\r\n" % big.encode())
+        admin.until_tagged(b"g")
 
         base = rss_kib(child.pid)
         clients = idle_connections(port, args.idle)
