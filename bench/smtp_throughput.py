@@ -4,6 +4,11 @@ Prints msg/s of each (accepted by the first hop, and delivered end to end throug
 p50/p99 per-message latency added by gatewayd (a separate smtplib run), and gatewayd's RSS.
 
     python bench/smtp_throughput.py [--messages 2000] [--sessions 10] [--size 10240] [--classifier rules]
+        [--runs 1]
+
+With ``--runs N`` the paired straight/gatewayd measurement is repeated N times (straight first, then
+gatewayd, in each pair) and the range and median of each figure are printed: on a shared 2-core machine one
+run is noise.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=10240)
     ap.add_argument("--classifier", default="rules", choices=["rules", "models"])
     ap.add_argument("--latency-messages", type=int, default=400)
+    ap.add_argument("--runs", type=int, default=1, help="paired throughput runs (report range and median)")
     args = ap.parse_args()
     for tool in ("/usr/sbin/smtp-source", "/usr/sbin/smtp-sink"):
         if not os.access(tool, os.X_OK):
@@ -163,15 +169,19 @@ level = "warning"
         smtp_source(gw_port, 50, s, size)
         base = metric(http_port, "gatewayd_delivery_recipients_total")
 
-        straight = smtp_source(sink_port, n, s, size)
-        t0 = time.perf_counter()
-        accepted = smtp_source(gw_port, n, s, size)
-        deadline = time.monotonic() + 600
-        while (
-            metric(http_port, "gatewayd_delivery_recipients_total") < base + n and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        end_to_end = time.perf_counter() - t0
+        pairs: list[tuple[float, float, float]] = []  # seconds: straight, accepted, end to end
+        for _ in range(args.runs):
+            straight = smtp_source(sink_port, n, s, size)
+            t0 = time.perf_counter()
+            accepted = smtp_source(gw_port, n, s, size)
+            deadline = time.monotonic() + 600
+            while (
+                metric(http_port, "gatewayd_delivery_recipients_total") < base + n
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            pairs.append((straight, accepted, time.perf_counter() - t0))
+            base += n
         rss, hwm = rss_mb(gw.pid)
 
         body = b"Subject: latency\r\nFrom: bench@mail.test\r\nTo: alice@mail.test\r\n\r\n" + (
@@ -184,15 +194,29 @@ level = "warning"
             f"# smtp_throughput: {n} messages x {size} B, {s} sessions, one connection per message, "
             f"classifier={args.classifier}, {os.cpu_count()} CPUs"
         )
-        print(f"straight  smtp-source -> smtp-sink           {n / straight:8.0f} msg/s")
-        print(
-            f"gatewayd  smtp-source -> gatewayd (accepted) {n / accepted:8.0f} msg/s"
-            f"   {100 * straight / accepted:5.1f} % of straight"
-        )
-        print(
-            f"gatewayd  end to end, delivered to smtp-sink {n / end_to_end:8.0f} msg/s"
-            f"   {100 * straight / end_to_end:5.1f} % of straight"
-        )
+        for i, (straight, accepted, end_to_end) in enumerate(pairs, 1):
+            label = f"run {i}/{len(pairs)}" if len(pairs) > 1 else ""
+            print(f"straight  smtp-source -> smtp-sink           {n / straight:8.0f} msg/s {label}")
+            print(
+                f"gatewayd  smtp-source -> gatewayd (accepted) {n / accepted:8.0f} msg/s"
+                f"   {100 * straight / accepted:5.1f} % of straight"
+            )
+            print(
+                f"gatewayd  end to end, delivered to smtp-sink {n / end_to_end:8.0f} msg/s"
+                f"   {100 * straight / end_to_end:5.1f} % of straight"
+            )
+        if len(pairs) > 1:
+            for name, values in (
+                ("straight msg/s", [n / p[0] for p in pairs]),
+                ("accepted msg/s", [n / p[1] for p in pairs]),
+                ("end-to-end msg/s", [n / p[2] for p in pairs]),
+                ("accepted % of straight", [100 * p[0] / p[1] for p in pairs]),
+                ("end-to-end % of straight", [100 * p[0] / p[2] for p in pairs]),
+            ):
+                print(
+                    f"summary   {name:<26} min {min(values):7.1f}  median {statistics.median(values):7.1f}"
+                    f"  max {max(values):7.1f}"
+                )
         print(
             f"latency   p50 {pct(direct, 0.5):6.2f} ms straight, {pct(through, 0.5):6.2f} ms through "
             f"(+{pct(through, 0.5) - pct(direct, 0.5):.2f} ms)"
