@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from gatewayd.smtp.data import DataReader, DataState
+from gatewayd.smtp.intake import _has_bare_newline
 from gatewayd.smtp.server import GatewaySMTP
 
 END = b".\r\n"
@@ -270,3 +272,12 @@ async def test_ehlo_reply_is_one_write() -> None:
     for line in ("250-test.example", "250-SIZE 1", "250 HELP"):
         await smtp.push(line)
     assert writes == [b"250-test.example\r\n250-SIZE 1\r\n250 HELP\r\n"]
+
+
+NEWLINE_CASES = [b"", b"a\r\nb", b"a\nb", b"a\rb", b"\r\r\n", b"\r\n\n", b"\n\r", b"x\r\n" * 50, b"\r", b"\n"]
+
+
+@pytest.mark.parametrize("raw", NEWLINE_CASES)
+def test_bare_newline_check_agrees_with_the_regex(raw: bytes) -> None:
+    bare = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+    assert _has_bare_newline(raw) == bool(bare.search(raw))
