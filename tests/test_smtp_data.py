@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from gatewayd.smtp.data import DataReader, DataState
+from gatewayd.smtp.delivery import wire_data
 from gatewayd.smtp.intake import _has_bare_newline
 from gatewayd.smtp.server import GatewaySMTP
 
@@ -281,3 +283,11 @@ NEWLINE_CASES = [b"", b"a\r\nb", b"a\nb", b"a\rb", b"\r\r\n", b"\r\n\n", b"\n\r"
 def test_bare_newline_check_agrees_with_the_regex(raw: bytes) -> None:
     bare = re.compile(rb"\r(?!\n)|(?<!\r)\n")
     assert _has_bare_newline(raw) == bool(bare.search(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"a", b".a\r\n", b"a\r\n.b\r\n..\r\n", b"a\nb\r.c", b"x\r\n", b".", b"\r\n.\r\n", b"\xff\r\n"],
+)
+def test_delivery_wire_data_is_what_aiosmtplib_sends(raw: bytes) -> None:
+    assert wire_data(raw) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + b".\r\n"

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.status import SMTPStatus
 
 from gatewayd import metrics
 from gatewayd.settings import SpoolSection, UpstreamSMTP
@@ -38,13 +40,27 @@ def client_tls_context(ca_file: str, verify: bool) -> ssl.SSLContext:
     return ctx
 
 
-def _mail_options(smtp: aiosmtplib.SMTP, raw: bytes) -> list[str]:
+def _mail_options(smtp: aiosmtplib.SMTP, raw: bytes, size: int) -> list[str]:
     opts = []
     if smtp.supports_extension("size"):
-        opts.append(f"SIZE={len(raw)}")
+        opts.append(f"SIZE={size}")
     if smtp.supports_extension("8bitmime") and not raw.isascii():
         opts.append("BODY=8BITMIME")
     return opts
+
+
+def wire_data(raw: bytes) -> bytes:
+    """The message as sent after DATA: CRLF line endings, a final CRLF, dot-stuffed, then ".\r\n".
+
+    What aiosmtplib's ``data`` does with two regex passes (three with ``sendmail``'s size count); spooled
+    messages already have CRLF endings (intake repairs bare CR/LF), so here that is a check, not a rewrite."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        raw = normalize_message_line_endings(raw)
+    elif not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    stuffed = raw.replace(b"\r\n.", b"\r\n..")
+    return (b"." if stuffed.startswith(b".") else b"") + stuffed + b".\r\n"
 
 
 class Deliverer:
@@ -164,17 +180,26 @@ class Deliverer:
         return smtp
 
     async def _send(self, smtp: aiosmtplib.SMTP, entry: Entry, raw: bytes) -> Outcome:
-        opts = _mail_options(smtp, raw)
+        """One transaction: MAIL, RCPT per recipient, DATA (aiosmtplib's ``sendmail`` steps, without its
+        line-ending rewrites of a message that is already CRLF)."""
         rcpts = list(entry.pending)
+        data = wire_data(raw)
+        refused: dict[str, tuple[int, str]] = {}
         try:
-            errors, _ = await smtp.sendmail(entry.mail_from, rcpts, raw, mail_options=opts)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            await _rset(smtp)
-            return self._classify({r.recipient: (r.code, r.message) for r in exc.recipients}, rcpts, ok=[])
+            await smtp.mail(entry.mail_from, options=_mail_options(smtp, raw, len(data) - 3))
+            for rcpt in rcpts:
+                try:
+                    await smtp.rcpt(rcpt)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused[rcpt] = (exc.code, exc.message)
+            if len(refused) == len(rcpts):
+                await _rset(smtp)
+                return self._classify(refused, rcpts, ok=[])
+            await _data(smtp, data)
         except aiosmtplib.SMTPResponseException as exc:  # sender refused, DATA refused
             await _rset(smtp)
-            return self._classify({r: (exc.code, exc.message) for r in rcpts}, rcpts, ok=[])
-        refused = {r: (resp.code, resp.message) for r, resp in errors.items()}
+            failed = {r: refused.get(r, (exc.code, exc.message)) for r in rcpts}
+            return self._classify(failed, rcpts, ok=[])
         return self._classify(refused, rcpts, ok=[r for r in rcpts if r not in refused])
 
     @staticmethod
@@ -266,6 +291,19 @@ class Deliverer:
         bounce.recorded = True  # bounces are not user mail: nothing to record
         self.spool.update(bounce)
         self.kick()
+
+
+async def _data(smtp: aiosmtplib.SMTP, data: bytes) -> None:
+    """DATA, then the message already in wire form (``wire_data``); raises as aiosmtplib's ``data`` does."""
+    start = await smtp.execute_command(b"DATA")
+    if start.code != SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    if smtp.protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    smtp.protocol.write(data)
+    done = await smtp.protocol.read_response(timeout=smtp.timeout)
+    if done.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(done.code, done.message)
 
 
 async def _rset(smtp: aiosmtplib.SMTP) -> None:
