@@ -123,6 +123,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by the process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=2000)
@@ -170,9 +176,10 @@ level = "warning"
         base = metric(http_port, "gatewayd_delivery_recipients_total")
 
         pairs: list[tuple[float, float, float]] = []  # seconds: straight, accepted, end to end
+        cpu: list[float] = []  # gatewayd CPU seconds per message (all threads), less noisy than msg/s
         for _ in range(args.runs):
             straight = smtp_source(sink_port, n, s, size)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds(gw.pid)
             accepted = smtp_source(gw_port, n, s, size)
             deadline = time.monotonic() + 600
             while (
@@ -181,6 +188,7 @@ level = "warning"
             ):
                 time.sleep(0.05)
             pairs.append((straight, accepted, time.perf_counter() - t0))
+            cpu.append((cpu_seconds(gw.pid) - c0) / n)
             base += n
         rss, hwm = rss_mb(gw.pid)
 
@@ -204,6 +212,7 @@ level = "warning"
             print(
                 f"gatewayd  end to end, delivered to smtp-sink {n / end_to_end:8.0f} msg/s"
                 f"   {100 * straight / end_to_end:5.1f} % of straight"
+                f"   ({1000 * cpu[i - 1]:.2f} ms CPU per msg)"
             )
         if len(pairs) > 1:
             for name, values in (
@@ -212,6 +221,8 @@ level = "warning"
                 ("end-to-end msg/s", [n / p[2] for p in pairs]),
                 ("accepted % of straight", [100 * p[0] / p[1] for p in pairs]),
                 ("end-to-end % of straight", [100 * p[0] / p[2] for p in pairs]),
+                ("gatewayd CPU ms per msg", [1000 * c for c in cpu]),
+                ("gatewayd CPU cores busy", [c * n / p[2] for c, p in zip(cpu, pairs, strict=True)]),
             ):
                 print(
                     f"summary   {name:<26} min {min(values):7.1f}  median {statistics.median(values):7.1f}"
