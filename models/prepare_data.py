@@ -110,6 +110,13 @@ def enron_facts(path: Path) -> MessageFacts:
     )
 
 
+def _read_mail(path: Path) -> list[MessageFacts]:
+    """Every message in a folder of RFC 822 files (recursively) or an mbox file."""
+    if path.is_dir():
+        return [extract_facts(p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()]
+    return [extract_facts(m.as_bytes()) for m in mailbox.mbox(str(path))]
+
+
 def _unpack(data: Path, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     for archive in sorted(data.glob("*.tar.gz")):
@@ -138,6 +145,14 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--work", default="/tmp/corpora")
     ap.add_argument("--out", default="/tmp/corpora/prepared.pkl")
+    for kind in ("ham", "spam", "phishing"):
+        ap.add_argument(
+            f"--extra-{kind}",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help=f"more {kind}: a folder of RFC 822 files or an mbox (repeatable); split by date",
+        )
     args = ap.parse_args()
     work = Path(args.work)
     if not (work / "spamassassin_stdlib").exists():
@@ -158,6 +173,18 @@ def main() -> None:
             groups["nazario"].append(
                 {"facts": facts, "source": "nazario", "folder": path.name, "spam": True, "phishing": True}
             )
+    for kind in ("ham", "spam", "phishing"):  # a site's own mail: the best cure for the corpora's age
+        for source in getattr(args, f"extra_{kind}"):
+            for facts in _read_mail(Path(source)):
+                groups[f"extra/{kind}/{source}"].append(
+                    {
+                        "facts": normalise(facts),
+                        "source": "extra",
+                        "folder": f"{kind}:{source}",
+                        "spam": kind != "ham",
+                        "phishing": kind == "phishing",
+                    }
+                )
     enron = work / "enron_spam"
     for sub in sorted(p for p in enron.iterdir() if p.is_dir()):
         for label in ("ham", "spam"):
