@@ -133,8 +133,12 @@ def idle_connections(port: int, n: int) -> list[RawClient]:
         c.line()
         user = USERS[i % len(USERS)].encode()
         c.send(b"a LOGIN %s password\r\nb SELECT INBOX\r\nc IDLE\r\n" % user)
-        while not c.line().startswith(b"+ "):
+        while not (line := c.line()).startswith((b"+ ", b"c ")):
             pass
+        if line.startswith(b"c "):  # refused (e.g. the upstream's process limit): count what we have
+            print(f"connection {i + 1} refused: {line!r}")
+            c.close()
+            break
         clients.append(c)
     return clients
 
