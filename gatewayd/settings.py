@@ -173,7 +173,9 @@ class AnalysisSection(Section):
         2.0, gt=0, description="Seconds the analysis may take per message before rules answer."
     )
     classifier: Literal["rules", "models"] = Field(
-        "rules", description="rules = heuristics only; models = ONNX models with rules as fallback."
+        "models",
+        description="models = ONNX models (bundled under models/) with the rules as fallback; rules = "
+        "heuristics only.",
     )
     models_dir: str = Field("", description="Directory of the ONNX model files; empty = the bundled models/.")
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads.")
