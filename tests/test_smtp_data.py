@@ -17,6 +17,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
+from gatewayd import metrics
 from gatewayd.smtp.data import DataReader, DataState
 from gatewayd.smtp.delivery import wire_data
 from gatewayd.smtp.intake import _has_bare_newline
@@ -291,3 +292,43 @@ def test_bare_newline_check_agrees_with_the_regex(raw: bytes) -> None:
 )
 def test_delivery_wire_data_is_what_aiosmtplib_sends(raw: bytes) -> None:
     assert wire_data(raw) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + b".\r\n"
+
+
+async def test_starttls_counts_one_connection_and_one_session(tls_ca: Any) -> None:
+    """After STARTTLS aiosmtpd calls connection_made again (with the TLS transport): still one session."""
+    registry: set[GatewaySMTP] = set()
+    loop = asyncio.get_running_loop()
+    factory = lambda: GatewaySMTP(  # noqa: E731
+        _Recorder(),
+        registry=registry,
+        listener="tls-test",
+        hostname="test.example",
+        tls_context=tls_ca.server_context(),
+        authenticator=lambda *_: AuthResult(success=False),
+    )
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sessions = metrics.SMTP_SESSIONS._value.get()
+    connections = metrics.SMTP_CONNECTIONS.labels(listener="tls-test")._value.get()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readline()
+    writer.write(b"EHLO client.test\r\n")
+    while (await reader.readline())[3:4] == b"-":
+        pass
+    writer.write(b"STARTTLS\r\n")
+    assert (await reader.readline()).startswith(b"220")
+    await writer.start_tls(tls_ca.client_context(), server_hostname="127.0.0.1")
+    writer.write(b"EHLO client.test\r\n")
+    while (await reader.readline())[3:4] == b"-":
+        pass
+    assert metrics.SMTP_SESSIONS._value.get() == sessions + 1
+    writer.write(b"QUIT\r\n")
+    assert (await reader.readline()).startswith(b"221")
+    writer.close()
+    async with asyncio.timeout(5):
+        while registry:  # noqa: ASYNC110 - waiting for the server side to see the close
+            await asyncio.sleep(0.01)
+    assert metrics.SMTP_SESSIONS._value.get() == sessions
+    assert metrics.SMTP_CONNECTIONS.labels(listener="tls-test")._value.get() == connections + 1
+    server.close()
+    await server.wait_closed()

@@ -172,9 +172,11 @@ class GatewaySMTP(SMTP):
         self.gw_session = ids.new_id()[-10:]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._registry.add(self)
-        metrics.SMTP_CONNECTIONS.labels(listener=self._listener).inc()
-        metrics.SMTP_SESSIONS.inc()
+        # STARTTLS calls this again with the TLS transport: still the same connection and session.
+        if self._original_transport is None:
+            self._registry.add(self)
+            metrics.SMTP_CONNECTIONS.labels(listener=self._listener).inc()
+            metrics.SMTP_SESSIONS.inc()
         logs.session_id.set(self.gw_session)
         super().connection_made(transport)
 
