@@ -215,6 +215,11 @@ class IMAPSection(Section):
     allow_plaintext_auth: bool = Field(
         False, description="Allow LOGIN/AUTHENTICATE before STARTTLS (else LOGINDISABLED is advertised)."
     )
+    account_domain: str = Field(
+        "",
+        description="Domain appended to IMAP logins without '@' to name the account, so that metadata "
+        "recorded for alice@example.org on the SMTP path is alice's too; empty = the login as given.",
+    )
     watch: bool = Field(True, description="Watch INBOX of logged-in users and write verdict keywords.")
     move_junk: bool = Field(False, description="Move $Junk mail to the mailbox with SPECIAL-USE \\Junk.")
     idle_timeout: float = Field(1800.0, gt=0, description="Seconds of client silence before BYE (IDLE too).")

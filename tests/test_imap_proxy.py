@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import imaplib
@@ -20,7 +21,6 @@ from typing import Any
 
 import pytest
 from conftest import Peers, TlsFiles, free_port
-from gatewayd_proc import gatewayd_factory  # noqa: F401  (fixture)
 from imap_helpers import ProxyThread, RawClient, imap_settings
 
 from gatewayd.analysis.pipeline import Pipeline
@@ -29,7 +29,7 @@ from gatewayd.ids import new_id
 from gatewayd.imap import capability
 from gatewayd.imap.framing import quote
 from gatewayd.imap.session import Throttle
-from gatewayd.imap.watcher import keywords_for, record_from
+from gatewayd.imap.watcher import account_of, keywords_for, record_from
 from gatewayd.mime import extract_facts
 from gatewayd.settings import MasterUser, Settings, UpstreamIMAP
 from gatewayd.store.facade import Store
@@ -544,14 +544,15 @@ def test_master_user_watches_without_a_client(make_proxy: Callable[..., ProxyThr
 
 
 def test_mail_through_the_smtp_path_shows_its_verdict_as_keywords_through_the_daemon(
-    peers: Peers, gatewayd_factory: Any,  # noqa: F811  (the fixture imported above)
+    peers: Peers, gatewayd_factory: Any,
 ) -> None:
     """The whole gateway: SMTP into gatewayd -> Postfix -> Dovecot; read through gatewayd's IMAP listener."""
     user = "carol" if "carol" in peers.users else "bob"
     imap_port = free_port()
     gw = gatewayd_factory(
         peers.smtp_port,
-        imap={"listen": [f"127.0.0.1:{imap_port}"], "allow_plaintext_auth": True},
+        imap={"listen": [f"127.0.0.1:{imap_port}"], "allow_plaintext_auth": True,
+              "account_domain": peers.domain},
         imap__upstream={"host": "127.0.0.1", "port": peers.imap_port, "timeout": 60.0},
     ).start()
     subject = f"Weekly news {uuid.uuid4().hex}"
@@ -571,3 +572,25 @@ def test_mail_through_the_smtp_path_shows_its_verdict_as_keywords_through_the_da
     client_conn.until_tagged(b"z")
     client_conn.close()
     assert gw.metric("gatewayd_imap_messages_analysed_total", how="reused") >= 1
+
+    async def owners() -> tuple[list[str], list[str]]:
+        store = await Store.open(f"sqlite+aiosqlite:///{gw.root / 'gatewayd.db'}", migrate=False)
+        try:
+            mine = await store.query_messages(peers.address(user), limit=500)
+            bare = await store.query_messages(user, limit=500)
+            return [r.subject for r in mine], [r.subject for r in bare]
+        finally:
+            await store.close()
+
+    # The IMAP login "carol" and the SMTP recipient carol@mail.test are one account, not two.
+    mine, bare = asyncio.run(owners())
+    assert subject in mine and subject not in bare
+
+
+@pytest.mark.parametrize("login,domain,account", [
+    ("Alice", "mail.test", "alice@mail.test"),
+    ("alice@Example.org", "mail.test", "alice@example.org"),
+    ("alice", "", "alice"),
+])
+def test_logins_name_their_account(login: str, domain: str, account: str) -> None:
+    assert account_of(login, domain) == account

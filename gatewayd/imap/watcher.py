@@ -59,6 +59,12 @@ def keywords_for(record: MessageRecord) -> list[str]:
     return out
 
 
+def account_of(login: str, domain: str) -> str:
+    """The account a login owns metadata as: the address, lower-cased (``alice`` -> ``alice@domain``)."""
+    login = login.lower()
+    return f"{login}@{domain.lower()}" if domain and "@" not in login else login
+
+
 def record_from(verdict: Verdict, facts: MessageFacts, account: str, policy: PolicySection) -> MessageRecord:
     return MessageRecord(
         id=new_id(), message_id=facts.message_id, accounts=[account], from_addr=facts.from_addr,
@@ -337,13 +343,13 @@ class WatcherPool:
         if not (self.cfg.watch and master.enabled and master.user):
             return
         for user in master.users:
-            account = user.lower()
+            account = account_of(user, self.cfg.account_domain)
             self._permanent.add(account)
             self._start(account, f"{user}{master.separator}{master.user}", master.password)
 
     async def attach(self, user: str, password: str) -> Callable[[], Awaitable[None]]:
         """A session of ``user`` logged in: make sure the account is watched until ``detach`` is called."""
-        account = user.lower()
+        account = account_of(user, self.cfg.account_domain)
         self._refs[account] = self._refs.get(account, 0) + 1
         if account not in self._tasks:
             self._start(account, user, password)
