@@ -7,10 +7,12 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 from gatewayd import metrics
 from gatewayd.analysis.facts import Classifier, MessageFacts, Verdict
 from gatewayd.settings import PolicySection
+from gatewayd.store.records import MessageRecord
 
 log = logging.getLogger("gatewayd.analysis")
 
@@ -62,3 +64,37 @@ def decide(verdict: Verdict, policy: PolicySection) -> str:
         actions.append(policy.spam)
     order = {"tag": 0, "quarantine": 1, "reject": 2}
     return max(actions, key=order.__getitem__)
+
+
+def record_of(
+    gw_id: str,
+    facts: MessageFacts,
+    verdict: Verdict,
+    policy: PolicySection,
+    *,
+    accounts: list[str],
+    **fields: Any,
+) -> MessageRecord:
+    """The metadata record of an analysed message; ``fields`` adds what the caller knows (envelope,
+    policy action, delivery state, source)."""
+    base: dict[str, Any] = dict(
+        id=gw_id,
+        message_id=facts.message_id,
+        accounts=accounts,
+        from_addr=facts.from_addr,
+        to_addrs=list(facts.to),
+        subject=facts.subject[:998],
+        date=facts.date,
+        size=facts.size,
+        spam_score=verdict.spam_score,
+        is_spam=verdict.is_spam(policy.spam_threshold),
+        phishing_score=verdict.phishing_score,
+        is_phishing=verdict.is_phishing(policy.phishing_threshold),
+        category=verdict.category,
+        important=verdict.important,
+        priority_score=verdict.priority_score,
+        summary=verdict.summary,
+        actions=[{"text": a.text, "due": a.due.isoformat() if a.due else None} for a in verdict.actions],
+        stage=verdict.stage,
+    )
+    return MessageRecord(**(base | fields))

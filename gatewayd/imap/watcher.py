@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aioimaplib
 
 from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
+from gatewayd.analysis.pipeline import record_of
 from gatewayd.ids import new_id
 from gatewayd.imap import metrics
 from gatewayd.imap.upstream import client_ssl_context
@@ -66,16 +67,8 @@ def account_of(login: str, domain: str) -> str:
 
 
 def record_from(verdict: Verdict, facts: MessageFacts, account: str, policy: PolicySection) -> MessageRecord:
-    return MessageRecord(
-        id=new_id(), message_id=facts.message_id, accounts=[account], from_addr=facts.from_addr,
-        to_addrs=list(facts.to), subject=facts.subject, date=facts.date, size=facts.size,
-        spam_score=verdict.spam_score, is_spam=verdict.is_spam(policy.spam_threshold),
-        phishing_score=verdict.phishing_score, is_phishing=verdict.is_phishing(policy.phishing_threshold),
-        category=verdict.category, important=verdict.important, priority_score=verdict.priority_score,
-        summary=verdict.summary,
-        actions=[{"text": a.text, "due": a.due.isoformat() if a.due else None} for a in verdict.actions],
-        stage=verdict.stage, delivery_state="delivered", source="imap",
-    )
+    return record_of(new_id(), facts, verdict, policy, accounts=[account], delivery_state="delivered",
+                     source="imap")
 
 
 def _literal(response: Any) -> bytes | None:

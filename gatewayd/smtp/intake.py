@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from gatewayd import ids, metrics
 from gatewayd.analysis.facts import MessageFacts, Verdict
-from gatewayd.analysis.pipeline import Pipeline, decide
+from gatewayd.analysis.pipeline import Pipeline, decide, record_of
 from gatewayd.annotate import annotate
 from gatewayd.errors import Reject
 from gatewayd.mime import extract_facts
@@ -57,33 +57,18 @@ def to_record(
     size: int,
 ) -> MessageRecord:
     accounts = sorted({r.lower() for r in env.rcpts} | ({env.login.lower()} if env.login else set()))
-    return MessageRecord(
-        id=gw_id,
-        message_id=facts.message_id,
+    state = {"quarantine": "quarantined", "reject": "rejected"}.get(action, "queued")
+    return record_of(
+        gw_id,
+        facts,
+        verdict,
+        policy,
         accounts=accounts,
         mail_from=env.mail_from,
         rcpt_to=list(env.rcpts),
-        from_addr=facts.from_addr,
-        to_addrs=list(facts.to),
-        subject=facts.subject[:998],
-        date=facts.date,
         size=size,
-        spam_score=verdict.spam_score,
-        is_spam=verdict.is_spam(policy.spam_threshold),
-        phishing_score=verdict.phishing_score,
-        is_phishing=verdict.is_phishing(policy.phishing_threshold),
-        category=verdict.category,
-        important=verdict.important,
-        priority_score=verdict.priority_score,
-        summary=verdict.summary,
-        actions=[{"text": a.text, "due": a.due.isoformat() if a.due else None} for a in verdict.actions],
-        stage=verdict.stage,
         action=action,
-        delivery_state="quarantined"
-        if action == "quarantine"
-        else "rejected"
-        if action == "reject"
-        else "queued",
+        delivery_state=state,
         source="smtp",
     )
 
