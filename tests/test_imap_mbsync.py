@@ -63,8 +63,9 @@ def big_box(peers: Peers) -> Iterator[str]:
         conn.logout()
 
 
-@pytest.mark.skipif(shutil.which("mbsync") is None, reason="mbsync (isync) is not installed")
 def test_mbsync_through_gatewayd_equals_straight(peers: Peers, big_box: str, tmp_path: Path) -> None:
+    if shutil.which("mbsync") is None:
+        pytest.fail("mbsync is not installed: run tests/peers/install.sh (package isync)", pytrace=False)
     proxy = ProxyThread(imap_settings(peers.imap_port))
     try:
         straight, through = tmp_path / "straight", tmp_path / "through"

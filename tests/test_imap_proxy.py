@@ -377,9 +377,10 @@ def test_upstream_certificate_is_verified(make_proxy: Callable[..., ProxyThread]
 # ------------------------------------------------------------------------------------------ curl
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_imap_and_imaps(make_proxy: Callable[..., ProxyThread], peers: Peers, box: str,
                              tls_ca: TlsFiles) -> None:
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed: run tests/peers/install.sh (or make test)", pytrace=False)
     append_straight(peers, box, message("via curl", b"curl body line\r\n"))
     ctx = tls_ca.server_context()
     proxy = make_proxy(tls_listen=["127.0.0.1:0"], ssl_context_factory=lambda: ctx)
