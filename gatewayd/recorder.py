@@ -21,8 +21,12 @@ log = logging.getLogger("gatewayd.recorder")
 BATCH = 100
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(MessageRecord))
+
+
 def record_to_json(record: MessageRecord) -> dict[str, Any]:
-    out = dataclasses.asdict(record)
+    # Shallow on purpose (dataclasses.asdict deep-copies every list and dict): json.dumps only reads it.
+    out = {name: getattr(record, name) for name in _FIELDS}
     for key in ("date", "received_at", "updated_at"):
         if isinstance(out[key], dt.datetime):
             out[key] = out[key].isoformat()
@@ -34,8 +38,7 @@ def record_from_json(data: dict[str, Any]) -> MessageRecord:
     for key in ("date", "received_at", "updated_at"):
         if isinstance(data.get(key), str):
             data[key] = dt.datetime.fromisoformat(data[key])
-    known = {f.name for f in dataclasses.fields(MessageRecord)}
-    return MessageRecord(**{k: v for k, v in data.items() if k in known})
+    return MessageRecord(**{k: v for k, v in data.items() if k in _FIELDS})
 
 
 class Recorder:
