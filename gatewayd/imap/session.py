@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gatewayd import logs
+from gatewayd import metrics as gw_metrics
 from gatewayd.errors import GatewayError, Throttled, Unauthorized, UpstreamUnavailable, imap_reply
 from gatewayd.imap import capability, metrics, upstream
 from gatewayd.imap.framing import (
@@ -161,6 +162,8 @@ class Session:
     async def _reply(self, tag: bytes, text: bytes | str) -> None:
         if isinstance(text, str):
             text = text.encode()
+        if text.startswith(b"BAD"):
+            gw_metrics.BAD_INPUT.labels(protocol="imap", kind="bad_command").inc()
         await self._send((tag or b"*") + b" " + text + b"\r\n")
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -192,6 +195,7 @@ class Session:
         except (ClientGone, ConnectionError, ssl.SSLError):
             pass
         except ProtocolError:
+            gw_metrics.BAD_INPUT.labels(protocol="imap", kind="framing").inc()
             with contextlib.suppress(Exception):
                 await self._send(b"* BYE Protocol error\r\n")
         except Exception:
@@ -444,6 +448,7 @@ class Session:
             if isinstance(event, TooLong):
                 if event.first:
                     tag, _ = tag_and_command(event.head)
+                    gw_metrics.BAD_INPUT.labels(protocol="imap", kind="line_too_long").inc()
                     self._say((tag or b"*") + b" BAD Line too long\r\n")
                 else:
                     chunks.append(b"\r\n")  # end the half-sent command; the upstream answers BAD
