@@ -9,9 +9,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gatewayd.imap.session import Session, Throttle
+from gatewayd.imap.session import Session
 from gatewayd.imap.watcher import AnalysisPipeline, WatcherPool
 from gatewayd.settings import Settings, parse_hostport
+from gatewayd.throttle import Throttle
 
 log = logging.getLogger("gatewayd.imap")
 

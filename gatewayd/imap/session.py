@@ -17,8 +17,6 @@ import contextlib
 import itertools
 import logging
 import ssl
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -38,6 +36,7 @@ from gatewayd.imap.framing import (
     tagged_status,
 )
 from gatewayd.settings import IMAPSection
+from gatewayd.throttle import Throttle
 
 log = logging.getLogger("gatewayd.imap")
 
@@ -59,38 +58,6 @@ class LoginHook(Protocol):
     """Called after a successful login (the watcher); returns a callable that undoes it."""
 
     def __call__(self, user: str, password: str) -> Awaitable[Callable[[], Awaitable[None]]]: ...
-
-
-class Throttle:
-    """Failed logins per client address and per user in a sliding window: a growing delay, then refusal."""
-
-    def __init__(self, *, window: float = 600.0, max_failures: int = 10, delay: float = 0.5) -> None:
-        self.window = window
-        self.max_failures = max_failures
-        self.delay_step = delay
-        self._failures: dict[str, deque[float]] = {}
-
-    def _count(self, key: str) -> int:
-        q = self._failures.get(key)
-        if not q:
-            return 0
-        cutoff = time.monotonic() - self.window
-        while q and q[0] < cutoff:
-            q.popleft()
-        if not q:
-            del self._failures[key]
-        return len(q)
-
-    def blocked(self, ip: str, user: str) -> bool:
-        return max(self._count("ip:" + ip), self._count("user:" + user)) >= self.max_failures
-
-    def failed(self, ip: str, user: str) -> float:
-        """Record a failure; return the delay to impose before answering."""
-        now = time.monotonic()
-        for key in ("ip:" + ip, "user:" + user):
-            self._failures.setdefault(key, deque()).append(now)
-        worst = max(self._count("ip:" + ip), self._count("user:" + user))
-        return min((worst - 1) * self.delay_step, 5.0)
 
 
 class ClientGone(Exception):

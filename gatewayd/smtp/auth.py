@@ -6,12 +6,12 @@ failures are throttled per client address. Nothing here writes credentials to di
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import os
 import time
-from collections import defaultdict, deque
 
 import aiosmtplib
 
@@ -19,9 +19,9 @@ from gatewayd import metrics
 from gatewayd.errors import Throttled, Unauthorized, UpstreamUnavailable
 from gatewayd.settings import SMTPSection
 from gatewayd.smtp.delivery import client_tls_context
+from gatewayd.throttle import Throttle
 
 log = logging.getLogger("gatewayd.smtp.auth")
-WINDOW = 600.0  # seconds over which failures count
 
 
 class UpstreamAuthenticator:
@@ -30,32 +30,22 @@ class UpstreamAuthenticator:
         self.hostname = hostname
         self._key = os.urandom(32)
         self._cache: dict[bytes, float] = {}
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.throttle = Throttle(max_failures=settings.auth_max_failures, delay=settings.auth_failure_delay)
         up = settings.upstream
         self._tls = client_tls_context(up.ca_file, up.verify)
 
     def _digest(self, login: bytes, password: bytes) -> bytes:
         return hmac.new(self._key, login + b"\0" + password, hashlib.sha256).digest()
 
-    def recent_failures(self, client: str, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        window = self._failures[client]
-        while window and now - window[0] > WINDOW:
-            window.popleft()
-        if not window:
-            del self._failures[client]
-            return 0
-        return len(window)
-
-    def penalty(self, client: str) -> float:
-        """Seconds to wait before answering this client (grows with its recent failures)."""
-        if self.recent_failures(client) >= self.settings.auth_max_failures:
+    def check(self, client: str, user: str = "") -> None:
+        """Raise Throttled when this address (or user) failed too often recently."""
+        if self.throttle.blocked(client, user):
             raise Throttled()
-        return min(5.0, self.settings.auth_failure_delay * self.recent_failures(client))
 
     async def verify(self, client: str, login: bytes, password: bytes) -> None:
         """Return if upstream accepts the login; else raise Unauthorized, Throttled or UpstreamUnavailable."""
-        self.penalty(client)
+        user = login.decode("utf-8", "replace").lower()
+        self.check(client, user)
         digest = self._digest(login, password)
         now = time.monotonic()
         if self._cache.get(digest, 0.0) > now:
@@ -80,9 +70,10 @@ class UpstreamAuthenticator:
                 login.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape")
             )
         except aiosmtplib.SMTPAuthenticationError:
-            self._failures[client].append(time.monotonic())
+            delay = self.throttle.failed(client, user)
             metrics.AUTH.labels(result="failed").inc()
-            log.info("event=auth_failed client=%s failures=%d", client, self.recent_failures(client))
+            log.info("event=auth_failed client=%s failures=%d", client, self.throttle.failures(client, user))
+            await asyncio.sleep(delay)  # slows guessing; the client waits for its 535
             raise Unauthorized() from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             metrics.AUTH.labels(result="error").inc()

@@ -348,22 +348,29 @@ class Handler:
         mechanism = args[0].upper()
         client = str(session.peer[0]) if session.peer else "?"
         try:
-            await asyncio.sleep(self.authenticator.penalty(client))
+            self.authenticator.check(client)
         except Throttled as exc:
-            metrics.AUTH.labels(result="throttled").inc()
-            await server.push(exc.smtp)
-            server.transport.close()  # type: ignore[union-attr]
+            await _refuse(server, exc)
             return None
         login, password = await _read_credentials(server, mechanism, args)
         if login is None or password is None:
             return None  # aiosmtpd already answered (501 / abort)
         try:
             await self.authenticator.verify(client, login, password)
+        except Throttled as exc:  # this user is throttled, from whichever address
+            await _refuse(server, exc)
+            return None
         except GatewayError as exc:
             return exc.smtp
         session.authenticated = True
         session.auth_data = login.decode("utf-8", "replace")  # type: ignore[assignment]
         return "235 2.7.0 Authentication successful"
+
+
+async def _refuse(server: SMTP, exc: Throttled) -> None:
+    metrics.AUTH.labels(result="throttled").inc()
+    await server.push(exc.smtp)
+    server.transport.close()  # type: ignore[union-attr]
 
 
 async def _read_credentials(
