@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from conftest import Peers, TlsFiles, free_port
 from imap_helpers import ProxyThread, RawClient, imap_settings
+from prometheus_client import REGISTRY
 
 from gatewayd.analysis.pipeline import Pipeline
 from gatewayd.analysis.rules import RulesClassifier
@@ -514,6 +515,103 @@ def test_watcher_reuses_the_verdict_recorded_by_the_smtp_path(
     flags_line = _wait_for_keyword(raw_client, subject, b"$Junk")[0]
     assert b"$Junk" in flags_line
     raw_client.close()
+
+
+SPAM_BODY = (b"CONGRATULATIONS dear friend!!! You have won the LOTTERY jackpot of $1,000,000.00!!! "
+             b"This is 100% free money, act now, limited time. Click here to claim your cash bonus. "
+             b"Cheap viagra too!\r\n")
+
+
+def _purge(peers: Peers, user: str, *mailboxes: str) -> None:
+    conn = peers.imap_login(user)
+    try:
+        for name in mailboxes:
+            typ, data = conn.select(name)
+            assert typ == "OK", data
+            if int(data[0] or b"0") > 0:
+                conn.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
+                conn.expunge()
+            conn.close()
+    finally:
+        conn.logout()
+
+
+def _find(peers: Peers, user: str, mailbox: str, token: str) -> tuple[int, int, set[str]] | None:
+    """``(uidvalidity, uid, flags)`` of the message whose subject holds ``token``, straight from Dovecot."""
+    conn = peers.imap_login(user)
+    try:
+        typ, data = conn.select(mailbox, readonly=True)
+        assert typ == "OK", data
+        uidvalidity = int(conn.response("UIDVALIDITY")[1][0])  # type: ignore[index, arg-type]
+        typ, data = conn.uid("SEARCH", "SUBJECT", token)
+        assert typ == "OK", data
+        uids = data[0].split() if data and data[0] else []
+        if not uids:
+            return None
+        typ, data = conn.uid("FETCH", uids[0], "(FLAGS)")
+        flags = re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).decode().split()  # type: ignore[union-attr, arg-type]
+        return uidvalidity, int(uids[0]), set(flags)
+    finally:
+        conn.logout()
+
+
+def test_move_junk_moves_spam_and_a_move_back_is_feedback(
+    make_proxy: Callable[..., ProxyThread], peers: Peers, tmp_path: Path
+) -> None:
+    user = "carol"
+    _purge(peers, user, "INBOX", "Junk")
+
+    async def open_store() -> Store:
+        return await Store.open(f"sqlite+aiosqlite:///{tmp_path}/gw.db")
+
+    proxy = make_proxy(watch=True, move_junk=True, store_factory=open_store, pipeline=_rules_pipeline(),
+                       first_scan=50)
+    store: Store = proxy.store
+    token = uuid.uuid4().hex
+    raw_msg = message(f"YOU HAVE WON!!! CLAIM YOUR PRIZE NOW {token}", SPAM_BODY)
+    facts = extract_facts(raw_msg)
+    assert record_from(proxy.call(_rules_pipeline().analyse(facts)), facts, user, Settings().policy).is_spam
+
+    session = RawClient(proxy.port)  # the user's client: its login starts the watcher
+    session.line()
+    session.send(b"a1 LOGIN %s password\r\na2 SELECT INBOX\r\n" % user.encode())
+    session.until_tagged(b"a2")
+    feedback = 'gatewayd_imap_feedback_total', {"kind": "moved_out_of_junk"}
+    feedback_before = REGISTRY.get_sample_value(*feedback) or 0.0
+    _deliver(peers, user, raw_msg)
+
+    deadline = time.monotonic() + 30
+    while (in_junk := _find(peers, user, "Junk", token)) is None:
+        assert time.monotonic() < deadline, "the spam never reached Junk"
+        time.sleep(0.1)  # a bounded poll of Dovecot's mailbox
+    junk_uidvalidity, junk_uid, flags = in_junk
+    assert "$Junk" in flags and "\\Seen" not in flags
+    assert _find(peers, user, "INBOX", token) is None
+    records = proxy.call(store.find_by_message_id(facts.message_id))
+    assert len(records) == 1 and records[0].is_spam
+    gw_id = records[0].id
+    entry = proxy.call(store.get_mailbox_entry(user, "Junk", junk_uidvalidity, junk_uid))
+    assert entry is not None and entry.message == gw_id and "$Junk" in entry.keywords
+
+    # The user disagrees and moves it back to INBOX, straight at Dovecot.
+    conn = peers.imap_login(user)
+    assert conn.select("Junk")[0] == "OK"
+    assert conn.uid("MOVE", str(junk_uid), "INBOX")[0] == "OK"
+    conn.logout()
+    deadline = time.monotonic() + 30
+    while (gw_id, "moved_out_of_junk") not in proxy.call(store.feedback_for(user)):
+        assert time.monotonic() < deadline, "no moved_out_of_junk feedback recorded"
+        time.sleep(0.1)  # a bounded poll of the store
+    assert (REGISTRY.get_sample_value(*feedback) or 0.0) == feedback_before + 1
+    # The watcher has made its decision on the returned message (feedback comes before any move): it stays.
+    session.send(b"n1 NOOP\r\n")
+    session.until_tagged(b"n1")
+    assert _find(peers, user, "INBOX", token) is not None
+    assert _find(peers, user, "Junk", token) is None
+    assert [k for _, k in proxy.call(store.feedback_for(user))] == ["moved_out_of_junk"]
+    session.send(b"z LOGOUT\r\n")
+    session.until_tagged(b"z")
+    session.close()
 
 
 @pytest.mark.parametrize("tls", ["none", "starttls", "tls"])

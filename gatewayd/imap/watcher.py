@@ -4,8 +4,10 @@ One watcher per account, over its own aioimaplib connection: SELECT INBOX, then 
 when the server has no IDLE). Each new UID is fetched with ``BODY.PEEK[]`` (``\\Seen`` untouched); the
 verdict the SMTP path recorded is reused when the message carries ``X-Gatewayd-Id`` or a known
 Message-ID, else the message is analysed. Keywords go back with ``UID STORE +FLAGS.SILENT`` only when
-PERMANENTFLAGS contains ``\\*``. A user who sets ``$NotJunk`` (or clears ``$Junk``) is recorded as
-feedback. The password lives in this object's memory for as long as a session of the user is open.
+PERMANENTFLAGS contains ``\\*``. With ``imap.move_junk``, spam then moves to the mailbox LIST shows with
+SPECIAL-USE ``\\Junk`` (UID MOVE, else UID COPY + ``\\Deleted`` + UID EXPUNGE). A user who sets ``$NotJunk``
+(or clears ``$Junk``), or who moves spam back into INBOX, is recorded as feedback. The password lives in
+this object's memory for as long as a session of the user is open.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ JUNK, NOT_JUNK, PHISHING, IMPORTANT = "$Junk", "$NotJunk", "$Phishing", "$Import
 CATEGORY_KEYWORDS = {c: f"$gw_{c}" for c in CATEGORIES if c != "personal"}
 _UID_RE = re.compile(rb"UID (\d+)")
 _FLAGS_RE = re.compile(rb"FLAGS \(([^)]*)\)")
+_COPYUID_RE = re.compile(rb"\[COPYUID (\d+) \S+ (\d+)\]")
+#: An untagged LIST reply as aioimaplib hands it on (without "* LIST "): attributes, delimiter, name.
+_LIST_RE = re.compile(rb'^(?:LIST )?\(([^)]*)\) (?:NIL|"(?:[^"\\]|\\.)*") (.+)$')
+MOVED_MEMORY = 2000  # gatewayd ids this watcher moved to Junk, remembered to spot them coming back
 
 
 class AnalysisPipeline(Protocol):
@@ -71,6 +77,22 @@ def record_from(verdict: Verdict, facts: MessageFacts, account: str, policy: Pol
                      source="imap")
 
 
+def _flags(response: Any) -> set[str]:
+    """The FLAGS of a FETCH response, lower-cased."""
+    for line in response.lines:
+        if isinstance(line, bytes) and (m := _FLAGS_RE.search(line)):
+            return {f.decode(errors="replace").lower() for f in m.group(1).split()}
+    return set()
+
+
+def _mailbox_name(raw: bytes) -> str:
+    """A mailbox name from a LIST reply: an atom as is, a quoted string unquoted."""
+    raw = raw.strip()
+    if raw.startswith(b'"') and raw.endswith(b'"') and len(raw) >= 2:
+        raw = re.sub(rb"\\(.)", rb"\1", raw[1:-1])
+    return raw.decode(errors="replace")
+
+
 def _literal(response: Any) -> bytes | None:
     for line in response.lines:
         if isinstance(line, bytearray):
@@ -98,6 +120,7 @@ class Watcher:
         self.keywords_ok = False
         self._tagged: dict[int, tuple[str, bool]] = {}  # uid -> (gatewayd id, we marked it $Junk)
         self._junk_mailbox: str | None = None
+        self._moved: dict[str, None] = {}  # gatewayd ids moved to Junk, oldest first (an ordered set)
         self._news = False  # an EXISTS was seen since the last scan began
 
     def __repr__(self) -> str:  # never show the password
@@ -136,6 +159,9 @@ class Watcher:
         response = await imap.login(aioimaplib.quoted(self._login), self._password)
         if response.result != "OK":
             raise PermissionError("upstream refused the watcher's login")
+        # Servers add capabilities once logged in (Dovecot: MOVE, UIDPLUS, SPECIAL-USE); aioimaplib keeps
+        # the greeting's list, so ask again.
+        await imap.protocol.capability()
         # aioimaplib drops an untagged EXISTS that arrives during a command other than IDLE/NOOP; a
         # message delivered while we SEARCH would then wait for the next IDLE renewal. Note them.
         proto = imap.protocol
@@ -197,13 +223,16 @@ class Watcher:
                 return
 
     async def _process(self, imap: aioimaplib.IMAP4, uid: int) -> None:
-        response = await imap.uid("fetch", str(uid), "(BODY.PEEK[])")
+        response = await imap.uid("fetch", str(uid), "(FLAGS BODY.PEEK[])")
         raw = _literal(response)
         if response.result != "OK" or raw is None:
             return  # expunged meanwhile
         facts = extract_facts(raw)
         record = await self._known(facts)
         if record is not None:
+            if self._came_back(record, _flags(response)):
+                await self._moved_out_of_junk(uid, record)
+                return
             metrics.MESSAGES_ANALYSED.labels("reused").inc()
             if self.store is not None and self.account not in record.accounts:
                 record.accounts.append(self.account)
@@ -233,13 +262,63 @@ class Watcher:
             )
         log.info("event=imap_message_analysed account=%s uid=%d id=%s keywords=%s",
                  self.account, uid, record.id, ",".join(written) or "-")
-        if record.is_spam and self.cfg.move_junk and await self._junk(imap):
-            assert self._junk_mailbox is not None
-            await imap.uid("move", str(uid), aioimaplib.quoted(self._junk_mailbox))
-        else:
+        moved = record.is_spam and self.cfg.move_junk and await self._move_to_junk(imap, uid, record, written)
+        if not moved:
             self._tagged[uid] = (record.id, JUNK in written)
             while len(self._tagged) > 2000:
                 del self._tagged[next(iter(self._tagged))]
+
+    def _came_back(self, record: MessageRecord, flags: set[str]) -> bool:
+        """Whether a message new to INBOX is one gatewayd judged spam that the user moved back.
+
+        A fresh delivery carries neither ``$Junk`` nor ``$NotJunk``; a message gatewayd tagged (or the
+        user's client judged) and that was moved keeps its flags. Ids this watcher moved count too.
+        """
+        if not record.is_spam:
+            return False
+        return record.id in self._moved or bool(flags & {JUNK.lower(), NOT_JUNK.lower()})
+
+    async def _moved_out_of_junk(self, uid: int, record: MessageRecord) -> None:
+        """The user took spam back into INBOX: feedback, and leave it there untouched (no move, no tags)."""
+        self._moved.pop(record.id, None)
+        metrics.FEEDBACK.labels("moved_out_of_junk").inc()
+        if self.store is not None:
+            await self.store.record_feedback(self.account, record.id, "moved_out_of_junk")
+            await self.store.record_mailbox_entry(
+                MailboxEntry(self.account, MAILBOX, self.uidvalidity, uid, record.id, [])
+            )
+        log.info("event=imap_feedback account=%s id=%s kind=moved_out_of_junk", self.account, record.id)
+
+    async def _move_to_junk(self, imap: aioimaplib.IMAP4, uid: int, record: MessageRecord,
+                            keywords: list[str]) -> bool:
+        """Move ``uid`` to the \\Junk mailbox; record where it landed when the server says (COPYUID)."""
+        junk = await self._junk(imap)
+        if junk is None:
+            return False
+        if imap.has_capability("MOVE"):
+            response = await imap.uid("move", str(uid), aioimaplib.quoted(junk))
+        elif imap.has_capability("UIDPLUS"):  # UID EXPUNGE leaves other \Deleted messages alone
+            response = await imap.uid("copy", str(uid), aioimaplib.quoted(junk))
+            if response.result == "OK":
+                deleted = await imap.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+                if deleted.result == "OK":
+                    await imap.uid("expunge", str(uid))
+        else:
+            return False  # a plain EXPUNGE could remove what the user marked \Deleted
+        if response.result != "OK":
+            log.warning("event=imap_junk_move_failed account=%s uid=%d", self.account, uid)
+            return False
+        self._moved[record.id] = None
+        while len(self._moved) > MOVED_MEMORY:
+            del self._moved[next(iter(self._moved))]
+        copyuid = next((m for line in response.lines if isinstance(line, bytes)
+                        and (m := _COPYUID_RE.search(line))), None)
+        if copyuid is not None and self.store is not None:
+            await self.store.record_mailbox_entry(MailboxEntry(
+                self.account, junk, int(copyuid.group(1)), int(copyuid.group(2)), record.id, keywords))
+        log.info("event=imap_junk_moved account=%s uid=%d id=%s mailbox=%s",
+                 self.account, uid, record.id, junk)
+        return True
 
     async def _known(self, facts: MessageFacts) -> MessageRecord | None:
         """The record the SMTP path (or an earlier watch) made for this message, if any."""
@@ -256,13 +335,19 @@ class Watcher:
             return (mine or records)[0] if records else None
         return None
 
-    async def _junk(self, imap: aioimaplib.IMAP4) -> bool:
-        if self._junk_mailbox is None and imap.has_capability("MOVE"):
-            response = await imap.protocol.simple_command("LIST", '""', '"*"')
+    async def _junk(self, imap: aioimaplib.IMAP4) -> str | None:
+        """The mailbox with SPECIAL-USE \\Junk (RFC 6154), looked up until one is found."""
+        if self._junk_mailbox is None:
+            args = ['""', '"*"']
+            if imap.has_capability("SPECIAL-USE") and imap.has_capability("LIST-EXTENDED"):
+                args.append("RETURN (SPECIAL-USE)")
+            response = await imap.protocol.simple_command("LIST", *args)
             for line in response.lines:
-                if isinstance(line, bytes) and b"\\Junk" in line:
-                    self._junk_mailbox = line.rsplit(b" ", 1)[-1].strip(b'"').decode()
-        return self._junk_mailbox is not None
+                if isinstance(line, bytes) and (m := _LIST_RE.match(line)):
+                    if "\\junk" in m.group(1).decode(errors="replace").lower().split():
+                        self._junk_mailbox = _mailbox_name(m.group(2))
+                        break
+        return self._junk_mailbox
 
     async def _check_feedback(self, imap: aioimaplib.IMAP4) -> None:
         if not self._tagged or self.store is None:
