@@ -30,7 +30,7 @@ from gatewayd.ids import new_id
 from gatewayd.imap import capability
 from gatewayd.imap.framing import quote
 from gatewayd.imap.session import Throttle
-from gatewayd.imap.watcher import account_of, keywords_for, record_from
+from gatewayd.imap.watcher import account_of, junk_mailbox, keywords_for, record_from
 from gatewayd.mime import extract_facts
 from gatewayd.settings import MasterUser, Settings, UpstreamIMAP
 from gatewayd.store.facade import Store
@@ -693,3 +693,15 @@ def test_mail_through_the_smtp_path_shows_its_verdict_as_keywords_through_the_da
 ])
 def test_logins_name_their_account(login: str, domain: str, account: str) -> None:
     assert account_of(login, domain) == account
+
+
+@pytest.mark.parametrize("line,junk", [
+    (b'(\\HasNoChildren \\Junk) "." Junk', "Junk"),
+    (b'LIST (\\Junk) "/" "Spam mail"', "Spam mail"),
+    (b'(\\Junk) NIL "Quote \\"q\\""', 'Quote "q"'),
+    (b'(\\HasNoChildren \\JunkLike) "." Other', None),
+    (b'(\\Sent) "." Sent', None),
+    (b"List completed", None),
+])
+def test_junk_mailbox_from_list_replies(line: bytes, junk: str | None) -> None:
+    assert junk_mailbox([b'() "." INBOX', line]) == junk

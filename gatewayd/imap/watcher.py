@@ -93,6 +93,15 @@ def _mailbox_name(raw: bytes) -> str:
     return raw.decode(errors="replace")
 
 
+def junk_mailbox(lines: list[Any]) -> str | None:
+    """The name of the mailbox with the ``\\Junk`` attribute in LIST replies, if any."""
+    for line in lines:
+        if isinstance(line, bytes) and (m := _LIST_RE.match(line)):
+            if "\\junk" in m.group(1).decode(errors="replace").lower().split():
+                return _mailbox_name(m.group(2))
+    return None
+
+
 def _literal(response: Any) -> bytes | None:
     for line in response.lines:
         if isinstance(line, bytearray):
@@ -342,11 +351,7 @@ class Watcher:
             if imap.has_capability("SPECIAL-USE") and imap.has_capability("LIST-EXTENDED"):
                 args.append("RETURN (SPECIAL-USE)")
             response = await imap.protocol.simple_command("LIST", *args)
-            for line in response.lines:
-                if isinstance(line, bytes) and (m := _LIST_RE.match(line)):
-                    if "\\junk" in m.group(1).decode(errors="replace").lower().split():
-                        self._junk_mailbox = _mailbox_name(m.group(2))
-                        break
+            self._junk_mailbox = junk_mailbox(response.lines)
         return self._junk_mailbox
 
     async def _check_feedback(self, imap: aioimaplib.IMAP4) -> None:
