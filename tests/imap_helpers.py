@@ -12,8 +12,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from gatewayd.imap.server import IMAPProxy
-from gatewayd.imap.session import Throttle
 from gatewayd.settings import IMAPSection, Settings, UpstreamIMAP
+from gatewayd.throttle import Throttle
 
 T = TypeVar("T")
 
