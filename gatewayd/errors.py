@@ -24,11 +24,6 @@ class Reject(GatewayError):
     http = 422
 
 
-class TooBig(Reject):
-    smtp = "552 5.3.4 Message size exceeds fixed maximum message size"
-    imap = "NO [TOOBIG] Message too big"
-    http = 413
-
 
 class TempFail(GatewayError):
     """Try again later: upstream down, storage full, analysis unavailable."""
@@ -51,11 +46,6 @@ class UpstreamUnavailable(TempFail):
     imap = "NO [UNAVAILABLE] Upstream server unavailable"
     http = 503
 
-
-class NotFound(GatewayError):
-    smtp = "550 5.1.1 Not found"
-    imap = "NO [NONEXISTENT] Not found"
-    http = 404
 
 
 _UNEXPECTED = GatewayError()

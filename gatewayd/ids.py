@@ -18,6 +18,3 @@ def new_id(now: float | None = None) -> str:
         value >>= 5
     return "".join(reversed(out))
 
-
-def is_id(text: str) -> bool:
-    return len(text) == 26 and all(c in _ALPHABET for c in text)

@@ -76,6 +76,14 @@ class Verdict:
         return self.phishing_score >= threshold
 
 
+def damp_priority(priority: float, *, spam: float, phishing: float, category: str) -> float:
+    """Bulk and hostile mail never gets to shout: likely spam or phishing, and newsletters, keep a fifth of
+    their priority score. Every classifier applies this, so ``$Important`` means the same whoever decided."""
+    if spam >= 0.5 or phishing >= 0.5 or category == "newsletter":
+        return priority * 0.2
+    return priority
+
+
 class Classifier(Protocol):
     """Anything that turns facts into verdicts. Implementations must be safe to call concurrently.
 

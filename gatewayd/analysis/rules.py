@@ -17,7 +17,7 @@ from functools import cached_property
 from urllib.parse import urlsplit
 
 from gatewayd.analysis.actions import actions_in_body
-from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
+from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict, damp_priority
 from gatewayd.analysis.signals import (
     ALERT_WORDS,
     ANCHOR,
@@ -445,8 +445,9 @@ class RulesClassifier:
             reasons.append("PRIO_ACTIONS")
         # Doubtful mail gets less say: spam below the threshold still should not be flagged important.
         priority_score = sigmoid(prio_total - PRIORITY_BIAS) * (1.0 - spam_score) ** 2
-        if spam_score >= 0.5 or phishing_score >= 0.5 or category == "newsletter":
-            priority_score *= 0.2  # never important: bulk and hostile mail do not get to shout
+        priority_score = damp_priority(
+            priority_score, spam=spam_score, phishing=phishing_score, category=category
+        )
         summary = lead_of(body, self.summary_limit)
         summary = summary or facts.subject[: self.summary_limit]
         return Verdict(

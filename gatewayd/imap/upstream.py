@@ -11,19 +11,11 @@ from gatewayd.errors import Unauthorized, UpstreamUnavailable
 from gatewayd.imap import capability
 from gatewayd.imap.framing import Framer, Line, ProtocolError, quote, response_kind, tagged_status
 from gatewayd.settings import UpstreamIMAP
+from gatewayd.tls import client_context
 
 READ_SIZE = 64 * 1024
 # Upstream responses without literals can be long (UID SEARCH of a big mailbox): allow more than from clients.
 UPSTREAM_MAX_LINE = 16 * 1024 * 1024
-
-
-def client_ssl_context(cfg: UpstreamIMAP) -> ssl.SSLContext:
-    """The TLS context used to reach the upstream server, per ``[imap.upstream]``."""
-    ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
-    if not cfg.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Upstream:
@@ -121,7 +113,7 @@ class Upstream:
 
 async def connect(cfg: UpstreamIMAP) -> Upstream:
     """Connect, read the greeting, STARTTLS if configured; ``UpstreamUnavailable`` within the timeout."""
-    ctx = client_ssl_context(cfg) if cfg.tls != "none" else None
+    ctx = client_context(cfg.ca_file, cfg.verify) if cfg.tls != "none" else None
     try:
         async with asyncio.timeout(cfg.timeout):
             reader, writer = await asyncio.open_connection(

@@ -25,10 +25,10 @@ from gatewayd.analysis.facts import CATEGORIES, MessageFacts, Verdict
 from gatewayd.analysis.pipeline import record_of
 from gatewayd.ids import new_id
 from gatewayd.imap import metrics
-from gatewayd.imap.upstream import client_ssl_context
 from gatewayd.mime import extract_facts
 from gatewayd.settings import IMAPSection, PolicySection
 from gatewayd.store.records import MailboxEntry, MessageRecord
+from gatewayd.tls import client_context
 
 log = logging.getLogger("gatewayd.imap.watcher")
 
@@ -151,7 +151,7 @@ class Watcher:
 
     async def _connect(self) -> aioimaplib.IMAP4:
         up = self.cfg.upstream
-        ctx = client_ssl_context(up) if up.tls != "none" else None
+        ctx = client_context(up.ca_file, up.verify) if up.tls != "none" else None
         imap: aioimaplib.IMAP4
         if up.tls == "tls":
             imap = aioimaplib.IMAP4_SSL(up.host, up.port, timeout=up.timeout, ssl_context=ctx)

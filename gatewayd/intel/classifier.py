@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from gatewayd import metrics
 from gatewayd.analysis.actions import find_actions
-from gatewayd.analysis.facts import CATEGORIES, Classifier, MessageFacts, Stage, Verdict
+from gatewayd.analysis.facts import CATEGORIES, Classifier, MessageFacts, Stage, Verdict, damp_priority
 from gatewayd.intel import features as F
 from gatewayd.intel import summary as S
 from gatewayd.intel.engine import STAGE, Emit, Engine, Models
@@ -162,8 +162,7 @@ class ModelClassifier:
             scores = {c: HEADER_PRIOR * (c == implied) + (1 - HEADER_PRIOR) * v for c, v in scores.items()}
         category = max(CATEGORIES, key=scores.__getitem__)
         actions = find_actions(facts.text[:20_000], facts.date)
-        if spam >= 0.5 or phishing >= 0.5 or category == "newsletter":
-            priority *= 0.2  # bulk and hostile mail never gets to shout
+        priority = damp_priority(priority, spam=spam, phishing=phishing, category=category)
         return Verdict(
             spam_score=spam,
             phishing_score=phishing,

@@ -18,8 +18,8 @@ import aiosmtplib
 from gatewayd import metrics
 from gatewayd.errors import Throttled, Unauthorized, UpstreamUnavailable
 from gatewayd.settings import SMTPSection
-from gatewayd.smtp.delivery import client_tls_context
 from gatewayd.throttle import Throttle
+from gatewayd.tls import client_context
 
 log = logging.getLogger("gatewayd.smtp.auth")
 
@@ -32,7 +32,7 @@ class UpstreamAuthenticator:
         self._cache: dict[bytes, float] = {}
         self.throttle = Throttle(max_failures=settings.auth_max_failures, delay=settings.auth_failure_delay)
         up = settings.upstream
-        self._tls = client_tls_context(up.ca_file, up.verify)
+        self._tls = client_context(up.ca_file, up.verify)
 
     def _digest(self, login: bytes, password: bytes) -> bytes:
         return hmac.new(self._key, login + b"\0" + password, hashlib.sha256).digest()

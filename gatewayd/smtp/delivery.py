@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from gatewayd import metrics
 from gatewayd.settings import SpoolSection, UpstreamSMTP
 from gatewayd.smtp.bounce import Failure, build_dsn, enhanced_status
 from gatewayd.spool import Entry, Spool
+from gatewayd.tls import client_context
 
 log = logging.getLogger("gatewayd.delivery")
 
@@ -30,14 +30,6 @@ class Outcome:
     delivered: list[str]
     failed: list[Failure]  # permanent (5xx)
     deferred: dict[str, str]  # recipient -> reply (4xx / connection trouble)
-
-
-def client_tls_context(ca_file: str, verify: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file or None)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _mail_options(smtp: aiosmtplib.SMTP, raw: bytes, size: int) -> list[str]:
@@ -83,7 +75,7 @@ class Deliverer:
         self._queue: asyncio.Queue[Entry] = asyncio.Queue()
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
-        self._tls = client_tls_context(upstream.ca_file, upstream.verify) if upstream.tls != "none" else None
+        self._tls = client_context(upstream.ca_file, upstream.verify) if upstream.tls != "none" else None
 
     def kick(self) -> None:
         """New work or a flush: look at the spool now."""
